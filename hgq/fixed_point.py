@@ -1,0 +1,291 @@
+"""Stateless fixed-point arithmetic, following the rules of Xilinx ``ap_fixed``.
+
+A fixed-point number has a sign bit ``k`` (0 or 1), ``i`` integer bits (excluding the sign) and ``f``
+fractional bits. Its width is ``b = k + i + f``, its step ``2**-f`` and its range ``[-k * 2**i, 2**i - 2**-f]``.
+``i`` and ``f`` may be negative; ``b <= 0`` means the number is always exactly zero.
+
+One implementation of the rules serves both numpy arrays (the reference, :func:`quantize`) and Keras tensors
+(:func:`quantize_tensor`, used inside layers): the rules are written once against an array namespace.
+
+Examples
+--------
+>>> from hgq.fixed_point import quantize
+>>> quantize([0.3, 1.7, -2.5], k=1, i=1, f=1, round_mode='RND', overflow_mode='WRAP').tolist()
+[0.5, 1.5, 1.5]
+>>> quantize([0.3, 1.7, -2.5], k=1, i=1, f=1, round_mode='RND', overflow_mode='SAT').tolist()
+[0.5, 1.5, -2.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+ROUND_MODES = ('TRN', 'TRN_ZERO', 'RND', 'RND_ZERO', 'RND_INF', 'RND_MIN_INF', 'RND_CONV')
+OVERFLOW_MODES = ('WRAP', 'SAT', 'SAT_SYM')
+
+__all__ = [
+    'ROUND_MODES',
+    'OVERFLOW_MODES',
+    'quantize',
+    'quantize_tensor',
+    'round_codes',
+    'minimal_kif',
+    'fixed_type_string',
+    'check_modes',
+]
+
+
+def check_modes(round_mode: str, overflow_mode: str) -> None:
+    """Raise ``ValueError`` unless ``round_mode`` and ``overflow_mode`` are ap_fixed mode names we support."""
+    if round_mode not in ROUND_MODES:
+        raise ValueError(f'round_mode must be one of {ROUND_MODES}, got {round_mode!r}')
+    if overflow_mode not in OVERFLOW_MODES:
+        raise ValueError(f'overflow_mode must be one of {OVERFLOW_MODES}, got {overflow_mode!r}')
+
+
+def round_codes(y: Any, round_mode: str, xp: Any = np) -> Any:
+    """Round ``y`` (a value already scaled by ``2**f``) to integer codes with an ap_fixed rounding mode.
+
+    Parameters
+    ----------
+    y : array
+        Scaled values ``x * 2**f``.
+    round_mode : str
+        One of :data:`ROUND_MODES`: ``TRN`` (towards -inf), ``TRN_ZERO`` (towards 0), ``RND`` (ties towards +inf),
+        ``RND_ZERO`` (ties towards 0), ``RND_INF`` (ties away from 0), ``RND_MIN_INF`` (ties towards -inf),
+        ``RND_CONV`` (ties to even).
+    xp : module
+        ``numpy`` or ``keras.ops``.
+    """
+    if round_mode == 'TRN':
+        return xp.floor(y)
+    if round_mode == 'TRN_ZERO':
+        return xp.where(y < 0, xp.ceil(y), xp.floor(y))
+    if round_mode == 'RND':
+        return xp.floor(y + 0.5)
+    if round_mode == 'RND_MIN_INF':
+        return xp.ceil(y - 0.5)
+    if round_mode == 'RND_ZERO':
+        return xp.where(y < 0, xp.floor(y + 0.5), xp.ceil(y - 0.5))
+    if round_mode == 'RND_INF':
+        return xp.where(y < 0, xp.ceil(y - 0.5), xp.floor(y + 0.5))
+    if round_mode == 'RND_CONV':
+        up = xp.floor(y + 0.5)
+        is_odd_tie = xp.logical_and(up - y == 0.5, xp.floor(up / 2) * 2 != up)
+        return xp.where(is_odd_tie, up - 1, up)
+    raise ValueError(f'round_mode must be one of {ROUND_MODES}, got {round_mode!r}')
+
+
+def _code_bounds(k: Any, b: Any, overflow_mode: str, xp: Any) -> tuple[Any, Any]:
+    """Smallest and largest integer code of a ``b``-bit word with sign bit ``k`` under an overflow mode."""
+    half = 2.0 ** (b - k)  # 2**(b-1) codes per sign when signed, 2**b when unsigned
+    lo = -k * half
+    hi = half - 1
+    if overflow_mode == 'SAT_SYM':
+        lo = xp.where(k > 0, -hi, lo)
+    return lo, hi
+
+
+def _apply_overflow(codes: Any, k: Any, b: Any, overflow_mode: str, xp: Any) -> Any:
+    lo, hi = _code_bounds(k, b, overflow_mode, xp)
+    if overflow_mode == 'WRAP':
+        span = 2.0**b
+        return codes - xp.floor((codes - lo) / span) * span
+    return xp.minimum(xp.maximum(codes, lo), hi)
+
+
+def _quantize(x: Any, k: Any, i: Any, f: Any, round_mode: str, overflow_mode: str, xp: Any) -> Any:
+    check_modes(round_mode, overflow_mode)
+    b = k + i + f
+    scale = 2.0**f
+    codes = round_codes(x * scale, round_mode, xp)
+    codes = _apply_overflow(codes, k, xp.maximum(b, 0), overflow_mode, xp)
+    return xp.where(b > 0, codes / scale, 0.0 * x)
+
+
+def quantize(
+    x: Any,
+    k: Any,
+    i: Any,
+    f: Any,
+    round_mode: str = 'RND',
+    overflow_mode: str = 'WRAP',
+) -> np.ndarray:
+    """Quantize ``x`` to the fixed-point format ``(k, i, f)`` exactly as an ``ap_fixed`` cast does.
+
+    ``k``, ``i`` and ``f`` broadcast against ``x``. Rounding happens on ``x * 2**f``; overflow is then handled
+    on the integer code (wrap-around in two's complement, or saturation). Elements whose width
+    ``k + i + f <= 0`` become exactly 0.
+
+    Parameters
+    ----------
+    x : array_like
+        Values to quantize (computed in float64).
+    k, i, f : array_like of int
+        Sign bit (0/1), integer bits (excluding sign) and fractional bits.
+    round_mode : str
+        One of :data:`ROUND_MODES`; ``RND`` rounds half up, as ``AP_RND``.
+    overflow_mode : str
+        One of :data:`OVERFLOW_MODES`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Quantized values, float64, broadcast shape of all inputs.
+
+    Examples
+    --------
+    >>> quantize(0.75, 0, 0, 1, 'TRN', 'SAT')  # ap_ufixed<1, 0, AP_TRN, AP_SAT>
+    array(0.5)
+    """
+    arrays = [np.asarray(a, dtype=np.float64) for a in (x, k, i, f)]
+    x64, k64, i64, f64 = np.broadcast_arrays(*arrays)
+    if np.any((k64 != 0) & (k64 != 1)):
+        raise ValueError('k (sign bit) must be 0 or 1')
+    return np.asarray(_quantize(x64, k64, i64, f64, round_mode, overflow_mode, np))
+
+
+def _keras_namespace() -> SimpleNamespace:
+    from keras import ops
+
+    return SimpleNamespace(
+        floor=ops.floor,
+        ceil=ops.ceil,
+        where=ops.where,
+        maximum=ops.maximum,
+        minimum=ops.minimum,
+        logical_and=ops.logical_and,
+    )
+
+
+def quantize_tensor(
+    x: Any,
+    k: Any,
+    i: Any,
+    f: Any,
+    round_mode: str = 'RND',
+    overflow_mode: str = 'WRAP',
+    round_fn: Callable[[Any], Any] | None = None,
+) -> Any:
+    """:func:`quantize` on Keras tensors, with the same rules (used inside layers).
+
+    Parameters
+    ----------
+    x, k, i, f : tensor
+        Float tensors that broadcast together; ``k, i, f`` hold integer values.
+    round_mode, overflow_mode : str
+        As in :func:`quantize`.
+    round_fn : callable, optional
+        Replaces the rounding of the scaled values, for example with a straight-through version.
+
+    Examples
+    --------
+    >>> import keras
+    >>> x = keras.ops.convert_to_tensor([0.3, 1.7, -2.5])
+    >>> keras.ops.convert_to_numpy(quantize_tensor(x, 1.0, 1.0, 1.0)).tolist()
+    [0.5, 1.5, 1.5]
+    """
+    xp = _keras_namespace()
+    if round_fn is None:
+        return _quantize(x, k, i, f, round_mode, overflow_mode, xp)
+    check_modes(round_mode, overflow_mode)
+    b = k + i + f
+    scale = 2.0**f
+    codes = round_fn(x * scale)
+    codes = _apply_overflow(codes, k, xp.maximum(b, 0), overflow_mode, xp)
+    return xp.where(b > 0, codes / scale, 0.0 * x)
+
+
+def minimal_kif(values: Any, axis: int | tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The smallest ``(k, i, f)`` that represents every given value exactly.
+
+    Parameters
+    ----------
+    values : array_like
+        Values that are exact binary fractions (finite float64).
+    axis : int or tuple of int, optional
+        Axes reduced over (values along them share one format). ``None`` gives one format per element.
+
+    Returns
+    -------
+    k, i, f : numpy.ndarray of int
+        Sign bit, integer bits and fractional bits. All-zero groups give ``k + i + f == 0``.
+
+    Examples
+    --------
+    >>> minimal_kif([0.75, -2.0], axis=0)
+    (array(1), array(1), array(2))
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(v)):
+        raise ValueError('minimal_kif needs finite values')
+    mag = np.abs(v)
+    nonzero = mag > 0
+    # Fractional bits: position of the lowest set bit.
+    f = np.where(nonzero, _lowest_bit_fraction(mag), -np.iinfo(np.int32).max)
+    f = np.max(f, axis=axis) if axis is not None else f
+    k = np.any(v < 0, axis=axis) if axis is not None else (v < 0)
+    k = k.astype(np.int64)
+    vmax = np.max(v, axis=axis) if axis is not None else v
+    vmin = np.min(v, axis=axis) if axis is not None else v
+    all_zero = f == -np.iinfo(np.int32).max
+    f = np.where(all_zero, 0, f)
+    i = _integer_bits(vmin, vmax, f)
+    i = np.where(all_zero, -f - k, i)
+    return k, i.astype(np.int64), f.astype(np.int64)
+
+
+def _lowest_bit_fraction(mag: np.ndarray) -> np.ndarray:
+    """For positive exact binary fractions, the number of fractional bits needed (may be negative)."""
+    mantissa, exp = np.frexp(mag)
+    # mantissa * 2**53 is an integer; count its trailing zeros.
+    m_int = (mantissa * 2.0**53).astype(np.int64)
+    tz = np.zeros(m_int.shape, dtype=np.int64)
+    m = np.where(m_int == 0, 1, m_int)
+    for _ in range(64):
+        even = (m & 1) == 0
+        if not np.any(even):
+            break
+        tz += even
+        m = np.where(even, m >> 1, m)
+    return 53 - tz - exp
+
+
+def _integer_bits(vmin: Any, vmax: Any, f: Any) -> np.ndarray:
+    """Integer bits (excluding sign) so that ``[vmin, vmax]`` fits with step ``2**-f``."""
+    vmax = np.maximum(np.asarray(vmax, dtype=np.float64), 0.0)
+    vmin = np.minimum(np.asarray(vmin, dtype=np.float64), 0.0)
+    step = 2.0 ** -np.asarray(f, dtype=np.float64)
+    with np.errstate(divide='ignore'):
+        i_pos = np.ceil(np.log2(vmax + step))
+        i_neg = np.ceil(np.log2(-vmin))
+    i_neg = np.where(vmin < 0, i_neg, -np.inf)
+    return np.maximum(i_pos, i_neg).astype(np.int64)
+
+
+def fixed_type_string(k: int, i: int, f: int, round_mode: str = 'TRN', overflow_mode: str = 'WRAP') -> str:
+    """The ``ap_fixed``/``ap_ufixed`` type string of format ``(k, i, f)``.
+
+    Default modes (``TRN``/``WRAP``) are left out, as HLS code usually writes them.
+
+    Examples
+    --------
+    >>> fixed_type_string(1, 3, 4)
+    'ap_fixed<8,4>'
+    >>> fixed_type_string(0, 2, 3, 'RND', 'SAT')
+    'ap_ufixed<5,2,AP_RND,AP_SAT>'
+    """
+    check_modes(round_mode, overflow_mode)
+    k, i, f = int(k), int(i), int(f)
+    if k not in (0, 1):
+        raise ValueError(f'k (sign bit) must be 0 or 1, got {k}')
+    width = k + i + f
+    if width <= 0:
+        raise ValueError(f'format (k={k}, i={i}, f={f}) has width {width} <= 0: the value is constant zero')
+    name = 'ap_fixed' if k else 'ap_ufixed'
+    modes = '' if (round_mode, overflow_mode) == ('TRN', 'WRAP') else f',AP_{round_mode},AP_{overflow_mode}'
+    return f'{name}<{width},{k + i}{modes}>'

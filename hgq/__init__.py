@@ -1,0 +1,16 @@
+"""HGQ: High-Granularity Quantization for Keras with bit-exact conversion to FPGA firmware through hls4ml.
+
+Examples
+--------
+>>> import keras, hgq
+>>> from hgq.layers import HQuantize, HDense
+>>> model = keras.Sequential([keras.Input((16,)), HQuantize(), HDense(64, activation='relu'), HDense(5)])
+"""
+
+from hgq import fixed_point, layers, quantizer
+from hgq.calibrate import calibrate
+from hgq.ebops import ebops, layer_ebops
+
+__version__ = '0.1.0'
+
+__all__ = ['fixed_point', 'quantizer', 'layers', 'calibrate', 'ebops', 'layer_ebops', '__version__']

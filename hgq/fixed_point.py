@@ -65,18 +65,20 @@ def round_codes(y: Any, round_mode: str, xp: Any = np) -> Any:
         return xp.floor(y)
     if round_mode == 'TRN_ZERO':
         return xp.where(y < 0, xp.ceil(y), xp.floor(y))
-    if round_mode == 'RND':
-        return xp.floor(y + 0.5)
-    if round_mode == 'RND_MIN_INF':
-        return xp.ceil(y - 0.5)
-    if round_mode == 'RND_ZERO':
-        return xp.where(y < 0, xp.floor(y + 0.5), xp.ceil(y - 0.5))
-    if round_mode == 'RND_INF':
-        return xp.where(y < 0, xp.ceil(y - 0.5), xp.floor(y + 0.5))
+    # Round half to even is exact in floating point (``floor(y + 0.5)`` is not: ``y + 0.5`` can round up, e.g.
+    # for ``y = 0.5 - 2**-54``). ``y - nearest`` is exact too, so ties are found exactly and then re-rounded.
+    nearest = xp.round(y)
     if round_mode == 'RND_CONV':
-        up = xp.floor(y + 0.5)
-        is_odd_tie = xp.logical_and(up - y == 0.5, xp.floor(up / 2) * 2 != up)
-        return xp.where(is_odd_tie, up - 1, up)
+        return nearest
+    tie = xp.abs(y - nearest) == 0.5
+    if round_mode == 'RND':
+        return xp.where(tie, xp.ceil(y), nearest)
+    if round_mode == 'RND_MIN_INF':
+        return xp.where(tie, xp.floor(y), nearest)
+    if round_mode == 'RND_ZERO':
+        return xp.where(tie, xp.where(y < 0, xp.ceil(y), xp.floor(y)), nearest)
+    if round_mode == 'RND_INF':
+        return xp.where(tie, xp.where(y < 0, xp.floor(y), xp.ceil(y)), nearest)
     raise ValueError(f'round_mode must be one of {ROUND_MODES}, got {round_mode!r}')
 
 
@@ -86,7 +88,8 @@ def _code_bounds(k: Any, b: Any, overflow_mode: str, xp: Any) -> tuple[Any, Any]
     lo = -k * half
     hi = half - 1
     if overflow_mode == 'SAT_SYM':
-        lo = xp.where(k > 0, -hi, lo)
+        # ap_fixed saturates a signed word to 0b10...01 = -hi; for b == 1 that is 0b1 = -1 (as SAT does).
+        lo = xp.where(k > 0, -xp.maximum(hi, 1.0), lo)
     return lo, hi
 
 
@@ -158,7 +161,8 @@ def _keras_namespace() -> SimpleNamespace:
         where=ops.where,
         maximum=ops.maximum,
         minimum=ops.minimum,
-        logical_and=ops.logical_and,
+        round=ops.round,
+        abs=ops.abs,
     )
 
 

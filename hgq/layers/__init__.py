@@ -1,0 +1,7 @@
+"""H-layers: Keras layers whose inputs and weights carry learned fixed-point bitwidths."""
+
+from hgq.layers.base import HLayer
+from hgq.layers.dense import HDense
+from hgq.layers.quantize import HQuantize
+
+__all__ = ['HLayer', 'HQuantize', 'HDense']

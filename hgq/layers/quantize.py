@@ -1,0 +1,42 @@
+"""``HQuantize``: a standalone learnable quantizer layer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+
+from hgq.layers.base import HLayer
+
+__all__ = ['HQuantize']
+
+
+@keras.saving.register_keras_serializable(package='hgq')
+class HQuantize(HLayer):
+    """Quantize a tensor with learned per-element (or per-channel / per-tensor) bitwidths.
+
+    Place it after ``keras.Input`` to learn the bits of the model inputs, or anywhere to fix the format of an
+    intermediate tensor. It has no multipliers, so it adds no EBOPs itself; its bits enter the EBOPs of the
+    layer it feeds.
+
+    Parameters
+    ----------
+    input_quantizer : ActivationQuantizer, dict or None
+        The quantizer; a dict holds its arguments, e.g. ``{'granularity': 'channel', 'overflow_mode': 'SAT'}``.
+
+    Examples
+    --------
+    >>> import keras
+    >>> from hgq.layers import HQuantize, HDense
+    >>> model = keras.Sequential([keras.Input((16,)), HQuantize(), HDense(5)])
+    """
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.input_quantizer.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        return self.input_quantizer(x, training=training)
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return tuple(input_shape)

@@ -133,7 +133,12 @@ def oracle_inputs(k: int, i: int, f: int, seed: int = 1234) -> np.ndarray:
 def mismatch_report(x: np.ndarray, expected: np.ndarray, got: np.ndarray, limit: int = 5) -> str:
     """A few offending inputs, with the oracle's value and ours."""
     bad = np.flatnonzero(~((expected == got) | (np.isnan(expected) & np.isnan(got))))
-    rows = [f'x={x[j]!r} ({x[j].hex()}): expected {expected[j]!r}, got {got[j]!r}' for j in bad[:limit]]
+    _, first = np.unique(x[bad], return_index=True)
+    shown = bad[np.sort(first)[:limit]]
+    rows = [
+        f'x={float(x[j])!r} ({float(x[j]).hex()}): expected {float(expected[j])!r}, got {float(got[j])!r}'
+        for j in shown
+    ]
     return f'{bad.size}/{x.size} differ; ' + '; '.join(rows)
 
 

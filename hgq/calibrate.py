@@ -20,7 +20,7 @@ def _wrap_quantizer_inputs(model: keras.Model) -> list[tuple[ActivationQuantizer
     pairs = []
     for layer in h_layers(model):
         inputs = layer.input if isinstance(layer.input, list | tuple) else [layer.input]
-        for quantizer, tensor in zip(layer.activation_quantizers, inputs):
+        for quantizer, tensor in zip(layer.activation_quantizers, inputs, strict=True):
             if quantizer.tracks_range:
                 pairs.append((quantizer, tensor))
     return pairs
@@ -70,7 +70,7 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: in
         quantizer.set_range(-bound, bound)
     outputs = probe.predict(data, batch_size=batch_size, verbose=verbose)
     outputs = outputs if isinstance(outputs, list) else [outputs]
-    for (quantizer, _), values in zip(pairs, outputs):
+    for (quantizer, _), values in zip(pairs, outputs, strict=True):
         if not np.all(np.isfinite(values)) or np.max(np.abs(values)) >= bound / 2:
             raise ValueError(
                 f'{quantizer.name}: calibration saw values beyond +-2**{OPEN_RANGE_BITS - 1} or non-finite values; '

@@ -64,7 +64,7 @@ def bits_shape(shape: Sequence[int], granularity: str, channel_axis: int = -1) -
 def _reduce_axes(full_shape: Sequence[int], var_shape: Sequence[int], batch: bool) -> tuple[int, ...]:
     """Axes of a (batched) tensor that map onto one bitwidth variable element."""
     offset = 1 if batch else 0
-    axes = tuple(a + offset for a, (s, v) in enumerate(zip(full_shape, var_shape)) if v == 1 and s != 1)
+    axes = tuple(a + offset for a, (s, v) in enumerate(zip(full_shape, var_shape, strict=True)) if v == 1 and s != 1)
     return ((0,) if batch else ()) + axes
 
 

@@ -200,7 +200,8 @@ class HLayerHandler(KerasV3LayerHandler):
         if activation in ('linear', None):
             return None, None
         if activation != 'relu':
-            raise ValueError(f'{layer.name} ({type(layer).__name__}): cannot convert internal activation {activation!r}')
+            layer_id = f'{layer.name} ({type(layer).__name__})'
+            raise ValueError(f'{layer_id}: cannot convert internal activation {activation!r}')
         out_name = out_tensors[0].name
         pre_name = f'{out_name}_pre_relu'
         n_in = prod(out_tensors[0].shape[1:])

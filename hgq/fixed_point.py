@@ -101,13 +101,23 @@ def _apply_overflow(codes: Any, k: Any, b: Any, overflow_mode: str, xp: Any) -> 
     return xp.minimum(xp.maximum(codes, lo), hi)
 
 
-def _quantize(x: Any, k: Any, i: Any, f: Any, round_mode: str, overflow_mode: str, xp: Any) -> Any:
+def _quantize(
+    x: Any,
+    k: Any,
+    i: Any,
+    f: Any,
+    round_mode: str,
+    overflow_mode: str,
+    xp: Any,
+    round_fn: Callable[[Any], Any] | None = None,
+) -> Any:
     check_modes(round_mode, overflow_mode)
     b = k + i + f
     scale = 2.0**f
-    codes = round_codes(x * scale, round_mode, xp)
+    codes = round_codes(x * scale, round_mode, xp) if round_fn is None else round_fn(x * scale)
     codes = _apply_overflow(codes, k, xp.maximum(b, 0), overflow_mode, xp)
-    return xp.where(b > 0, codes / scale, 0.0 * x)
+    # ``+ 0.0`` turns -0.0 (from ceil of small negatives, or 0 * x) into +0.0: ap_fixed has no negative zero.
+    return xp.where(b > 0, codes / scale, 0.0 * x) + 0.0
 
 
 def quantize(
@@ -193,15 +203,7 @@ def quantize_tensor(
     >>> keras.ops.convert_to_numpy(quantize_tensor(x, 1.0, 1.0, 1.0)).tolist()
     [0.5, 1.5, 1.5]
     """
-    xp = _keras_namespace()
-    if round_fn is None:
-        return _quantize(x, k, i, f, round_mode, overflow_mode, xp)
-    check_modes(round_mode, overflow_mode)
-    b = k + i + f
-    scale = 2.0**f
-    codes = round_fn(x * scale)
-    codes = _apply_overflow(codes, k, xp.maximum(b, 0), overflow_mode, xp)
-    return xp.where(b > 0, codes / scale, 0.0 * x)
+    return _quantize(x, k, i, f, round_mode, overflow_mode, _keras_namespace(), round_fn)
 
 
 def minimal_kif(values: Any, axis: int | tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +235,7 @@ def minimal_kif(values: Any, axis: int | tuple[int, ...] | None = None) -> tuple
     f = np.where(nonzero, _lowest_bit_fraction(mag), -np.iinfo(np.int32).max)
     f = np.max(f, axis=axis) if axis is not None else f
     k = np.any(v < 0, axis=axis) if axis is not None else (v < 0)
-    k = k.astype(np.int64)
+    k = np.asarray(k, dtype=np.int64)
     vmax = np.max(v, axis=axis) if axis is not None else v
     vmin = np.min(v, axis=axis) if axis is not None else v
     all_zero = f == -np.iinfo(np.int32).max
@@ -260,14 +262,18 @@ def _lowest_bit_fraction(mag: np.ndarray) -> np.ndarray:
 
 
 def _integer_bits(vmin: Any, vmax: Any, f: Any) -> np.ndarray:
-    """Integer bits (excluding sign) so that ``[vmin, vmax]`` fits with step ``2**-f``."""
+    """Integer bits (excluding sign) so that ``[vmin, vmax]`` fits with step ``2**-f``.
+
+    Exact (no ``log2``): ``vmax`` is a multiple of ``2**-f``, so ``vmax <= 2**i - 2**-f`` iff ``vmax < 2**i``, whose
+    smallest ``i`` is the exponent ``e`` of ``vmax = m * 2**e`` (``0.5 <= m < 1``); ``-vmin <= 2**i`` needs ``e``, or
+    ``e - 1`` when ``-vmin`` is a power of two.
+    """
     vmax = np.maximum(np.asarray(vmax, dtype=np.float64), 0.0)
     vmin = np.minimum(np.asarray(vmin, dtype=np.float64), 0.0)
-    step = 2.0 ** -np.asarray(f, dtype=np.float64)
-    with np.errstate(divide='ignore'):
-        i_pos = np.ceil(np.log2(vmax + step))
-        i_neg = np.ceil(np.log2(-vmin))
-    i_neg = np.where(vmin < 0, i_neg, -np.inf)
+    _, e_pos = np.frexp(vmax)
+    m_neg, e_neg = np.frexp(-vmin)
+    i_pos = np.where(vmax > 0, e_pos, -np.asarray(f, dtype=np.int64))
+    i_neg = np.where(vmin < 0, e_neg - (m_neg == 0.5), np.iinfo(np.int32).min)
     return np.maximum(i_pos, i_neg).astype(np.int64)
 
 

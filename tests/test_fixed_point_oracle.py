@@ -60,7 +60,6 @@ class Oracle:
 
     binary: Path
     compile_seconds: float
-    n_compared: int = 0
 
     def run(self, format_index: int, x: np.ndarray) -> np.ndarray:
         """Cast float64 ``x`` to every mode of ``FORMATS[format_index]``; shape ``(len(MODES), x.size)``."""
@@ -74,7 +73,6 @@ class Oracle:
         assert proc.returncode == 0, f'oracle failed ({proc.returncode}): {proc.stderr.decode()}'
         out = np.frombuffer(proc.stdout, dtype='<f8')
         assert out.size == len(MODES) * x.size, f'oracle returned {out.size} values, expected {len(MODES) * x.size}'
-        self.n_compared += out.size
         return out.reshape(len(MODES), x.size)
 
 
@@ -98,6 +96,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Oracle:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
     assert proc.returncode == 0, f'g++ failed:\n{" ".join(cmd)}\n{proc.stderr[-5000:]}'
+    print(f'ap_fixed oracle: {len(FORMATS) * len(MODES)} casts compiled in {seconds:.1f} s')
     return Oracle(binary, seconds)
 
 
@@ -107,12 +106,12 @@ def _ties(codes: np.ndarray, f: int) -> np.ndarray:
 
 
 def oracle_inputs(k: int, i: int, f: int, seed: int = 1234) -> np.ndarray:
-    """About 150,000 float64 inputs for format ``(k, i, f)``: specials, exact values, ties and random values."""
+    """About 190,000 float64 inputs for format ``(k, i, f)``: specials, exact values, ties and random values."""
     rng = np.random.default_rng(seed)
     b, step = k + i + f, 2.0**-f
     lo_code, hi_code = -k * 2 ** (b - k), 2 ** (b - k) - 1
     far = 2 ** (b + 5)
-    sign = rng.choice([-1.0, 1.0], size=40_000)
+    sign = rng.choice([-1.0, 1.0], size=22_000)
     codes_in = rng.integers(lo_code - 2, hi_code + 3, size=20_000)
     ties = np.concatenate([_ties(codes_in, f), _ties(rng.integers(-far, far, size=20_000), f)])
     specials = [0.0, -0.0, lo_code * step, hi_code * step, (lo_code - 1) * step, (hi_code + 1) * step]
@@ -132,7 +131,8 @@ def oracle_inputs(k: int, i: int, f: int, seed: int = 1234) -> np.ndarray:
 
 def mismatch_report(x: np.ndarray, expected: np.ndarray, got: np.ndarray, limit: int = 5) -> str:
     """A few offending inputs, with the oracle's value and ours."""
-    bad = np.flatnonzero(~((expected == got) | (np.isnan(expected) & np.isnan(got))))
+    same = (expected == got) & (np.signbit(expected) == np.signbit(got))
+    bad = np.flatnonzero(~(same | (np.isnan(expected) & np.isnan(got))))
     _, first = np.unique(x[bad], return_index=True)
     shown = bad[np.sort(first)[:limit]]
     rows = [
@@ -143,7 +143,7 @@ def mismatch_report(x: np.ndarray, expected: np.ndarray, got: np.ndarray, limit:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('format_index', range(len(FORMATS)), ids=[ap_type(*f, 'X', 'Y')[:-10] for f in FORMATS])
+@pytest.mark.parametrize('format_index', range(len(FORMATS)), ids=[f'k{k}_i{i}_f{f}' for k, i, f in FORMATS])
 def test_quantize_matches_ap_fixed(oracle: Oracle, format_index: int) -> None:
     """Every rounding and overflow mode of one format agrees bit for bit with the ap_fixed cast."""
     k, i, f = FORMATS[format_index]
@@ -153,7 +153,7 @@ def test_quantize_matches_ap_fixed(oracle: Oracle, format_index: int) -> None:
     failures = []
     for row, (rm, om) in enumerate(MODES):
         got = quantize(x, k, i, f, rm, om)
-        if not np.array_equal(expected[row], got):
+        if not np.array_equal(expected[row], got) or not np.array_equal(np.signbit(expected[row]), np.signbit(got)):
             failures.append(f'{ap_type(k, i, f, rm, om)}: {mismatch_report(x, expected[row], got)}')
     assert not failures, '\n'.join(failures)
 
@@ -225,7 +225,7 @@ def exact_binary_fractions(rng: np.random.Generator, shape: tuple[int, ...]) -> 
 def assert_minimal(v: np.ndarray, k: np.ndarray, i: np.ndarray, f: np.ndarray) -> None:
     """``(k, i, f)`` reproduces ``v`` (per group along the last axis), and one bit less of ``i`` or ``f`` does not."""
     same = np.all(quantize(v, k, i, f, 'RND', 'SAT') == v, axis=-1)
-    assert np.all(same), f'not reproduced: {v[~same][:3]}'
+    assert np.all(same), f'{v[~same][:1]} not reproduced by kif={k[~same][:1]},{i[~same][:1]},{f[~same][:1]}'
     nonzero = np.any(v != 0, axis=-1)
     assert np.all((k + i + f)[..., 0][~nonzero] == 0), 'all-zero groups have width 0'
     for di, df in ((1, 0), (0, 1)):
@@ -243,6 +243,7 @@ def test_minimal_kif_is_minimal() -> None:
     v[2] = [-(2.0**30), 2.0**30 - 2.0**-20, 0, 0, 0, 0]
     k, i, f = minimal_kif(v)
     assert k.dtype.kind == i.dtype.kind == f.dtype.kind == 'i'
+    assert all(isinstance(a, np.ndarray) for a in minimal_kif([0.75, -2.0], axis=0))
     assert_minimal(v[..., None], k[..., None], i[..., None], f[..., None])
     kg, ig, fg = minimal_kif(v, axis=1)
     assert kg.shape == (400,)

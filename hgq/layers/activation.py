@@ -1,0 +1,294 @@
+"""``HActivation``: element-wise activations that convert bit-exactly, as ``relu`` or as a lookup table.
+
+``relu`` is exact in fixed point: the layer quantizes its input and applies ``relu``. Every other function
+(``'tanh'``, ``'sigmoid'``, ``'gelu'``, a user callable) becomes a lookup table over every code of its quantized
+input, with a quantized output. The table input format is one ``(k, i, f)`` for the whole tensor (the input
+quantizer has ``tensor`` granularity), so the table has ``2**(k + i + f)`` entries.
+
+At inference (``training`` false or ``None``) the layer computes the table and looks every input up in it, so
+its output is ``table[code(x)]`` exactly; hardware holds the same table (exported with :meth:`HActivation.table`).
+While training, the function is applied directly, with straight-through gradients through both quantizers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from hgq.fixed_point import minimal_kif, quantize_tensor
+from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer
+from hgq.quantizer import ActivationQuantizer
+
+__all__ = [
+    'HActivation',
+    'MAX_TABLE_SIZE',
+    'lut_cost',
+    'table_width',
+    'scalar_kif',
+    'scalar_ki_f',
+    'code_offset',
+    'quantize_with',
+    'with_defaults',
+]
+
+MAX_TABLE_SIZE = 2**16
+LUT_INPUT_DEFAULTS = {'granularity': 'tensor', 'overflow_mode': 'SAT', 'i_init': 3.0, 'f_init': 5.0}
+LUT_OUTPUT_DEFAULTS = {'granularity': 'tensor', 'overflow_mode': 'SAT', 'i_init': 1.0, 'f_init': 8.0}
+
+
+def lut_cost(n_tables: Any, bits_in: Any, bits_out: Any, xp: Any = np) -> Any:
+    """LUT-equivalent cost of ``n_tables`` lookup tables of ``2**bits_in`` entries of ``bits_out`` bits.
+
+    A 6-input LUT stores 64 one-bit entries, so one table costs about ``bits_out * 2**max(bits_in - 6, 0)``
+    LUTs; the result is in EBOPs units (EBOPs track ``LUT + 55 * DSP``).
+
+    Examples
+    --------
+    >>> lut_cost(16, 8, 8)
+    512.0
+    """
+    return n_tables * bits_out * 2.0 ** xp.maximum(bits_in - 6.0, 0.0)
+
+
+def table_width(table: np.ndarray) -> int:
+    """Bits of the narrowest fixed-point format that holds every entry of ``table`` exactly.
+
+    Examples
+    --------
+    >>> table_width(np.array([0.5, -0.25, 0.75]))
+    3
+    """
+    k, i, f = minimal_kif(np.asarray(table, dtype=np.float64), axis=0)
+    return max(int(k + i + f), 0)
+
+
+def scalar_ki_f(quantizer: ActivationQuantizer) -> tuple[Any, Any, Any]:
+    """Sign bit, integer bits and fractional bits of a ``tensor``-granularity quantizer, as scalar tensors.
+
+    ``k`` and ``i`` carry the gradients of :meth:`ActivationQuantizer.ki`, ``f`` the straight-through gradient.
+    """
+    k, i = quantizer.ki()
+    return ops.reshape(k, ()), ops.reshape(i, ()), ops.reshape(quantizer.f_int, ())
+
+
+def scalar_kif(quantizer: ActivationQuantizer) -> tuple[int, int, int]:
+    """Integer ``(k, i, f)`` of a ``tensor``-granularity quantizer (width ``<= 0`` gives ``(0, 0, 0)``)."""
+    k, i, f = (int(np.ravel(a)[0]) for a in quantizer.kif())
+    return (k, i, f) if k + i + f > 0 else (0, 0, 0)
+
+
+def quantize_with(quantizer: ActivationQuantizer, x: Any) -> Any:
+    """Quantize ``x`` with the current format of a ``tensor``-granularity quantizer, without calling it.
+
+    No range tracking, no losses, no gradient to the bits: used to fill tables. ``x`` may be float64.
+    """
+    k, i, f = (ops.cast(a, x.dtype) for a in scalar_ki_f(quantizer))
+    return quantize_tensor(x, k, i, f, quantizer.round_mode, quantizer.overflow_mode)
+
+
+def code_offset(k: Any, i: Any, f: Any) -> Any:
+    """Smallest integer code of format ``(k, i, f)``: ``-k * 2**(i + f)`` (0 when the width is ``<= 0``)."""
+    return ops.where(k + i + f > 0, -k * 2.0 ** (i + f), 0.0)
+
+
+def check_tensor_quantizer(layer_name: str, role: str, quantizer: ActivationQuantizer, saturating: bool) -> None:
+    """Raise unless ``quantizer`` has ``tensor`` granularity (and a SAT overflow mode when ``saturating``)."""
+    if quantizer.granularity != 'tensor':
+        raise ValueError(
+            f"{layer_name}: the {role} of a lookup table needs granularity='tensor' (one format for the "
+            f'whole table), got {quantizer.granularity!r}'
+        )
+    if saturating and quantizer.overflow_mode not in ('SAT', 'SAT_SYM'):
+        raise ValueError(
+            f"{layer_name}: the {role} must saturate (overflow_mode 'SAT' or 'SAT_SYM'): its integer bits are "
+            f'learned, since hgq.calibrate only calibrates layer inputs; got {quantizer.overflow_mode!r}'
+        )
+
+
+def with_defaults(spec: QuantizerSpec, defaults: dict[str, Any]) -> QuantizerSpec:
+    """Constructor defaults for a quantizer spec given as ``None`` or as a dict of arguments."""
+    if spec is None:
+        return dict(defaults)
+    if isinstance(spec, dict) and not ('class_name' in spec and 'config' in spec):
+        return {**defaults, **spec}
+    return spec
+
+
+def _get_function(layer_name: str, activation: Any) -> Callable[[Any], Any]:
+    if activation is None:
+        raise ValueError(f"{layer_name}: activation is required (a name such as 'tanh', or a callable)")
+    try:
+        return keras.activations.get(activation)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f'{layer_name}: unknown activation {activation!r}; give a keras.activations name or a callable '
+            f'taking and returning keras tensors ({err})'
+        ) from None
+
+
+@keras.saving.register_keras_serializable(package='hgq')
+class HActivation(HLayer):
+    """Element-wise activation on a quantized input, converted bit-exactly to HLS.
+
+    ``'relu'`` is applied exactly after the input quantizer (per element by default). Any other function is a
+    lookup table over every code of its input format, whose entries are the function values quantized by the
+    output quantizer: ``y = table[code(x)]``, in Keras and in hardware alike.
+
+    Parameters
+    ----------
+    activation : str or callable
+        ``'relu'``, a ``keras.activations`` name (``'tanh'``, ``'sigmoid'``, ``'gelu'``, ...), or a function
+        taking and returning keras tensors (register it with ``keras.saving.register_keras_serializable`` so the
+        model can be saved).
+    input_quantizer : ActivationQuantizer, dict or None
+        Quantizer of the input. For lookup tables it needs ``granularity='tensor'`` (one format, one table); the
+        default is ``{'granularity': 'tensor', 'overflow_mode': 'SAT', 'i_init': 3, 'f_init': 5}`` (a 512-entry
+        table over ``[-8, 8)``). For ``relu`` the default is per element, WRAP mode.
+    output_quantizer : ActivationQuantizer, dict or None
+        Quantizer of the table entries (lookup tables only): ``tensor`` granularity, SAT or SAT_SYM mode;
+        default ``{'granularity': 'tensor', 'overflow_mode': 'SAT', 'i_init': 1, 'f_init': 8}``.
+    max_table_size : int
+        Largest allowed table (entries). The table is recomputed at every inference call over this many codes,
+        and a larger input format is an error at conversion (Keras outputs are NaN then).
+    beta : float
+        Weight of the layer's cost in the loss: the LUT-equivalent size of its tables (see :func:`lut_cost`).
+
+    Examples
+    --------
+    >>> import keras
+    >>> from hgq.layers import HQuantize, HDense, HActivation
+    >>> model = keras.Sequential([keras.Input((16,)), HQuantize(), HDense(8), HActivation('tanh'), HDense(5)])
+    >>> model.layers[2].table().shape
+    (512,)
+    """
+
+    def __init__(
+        self,
+        activation: str | Callable[[Any], Any],
+        output_quantizer: QuantizerSpec = None,
+        max_table_size: int = MAX_TABLE_SIZE,
+        input_quantizer: QuantizerSpec = None,
+        **kwargs: Any,
+    ) -> None:
+        fn = _get_function(kwargs.get('name') or type(self).__name__, activation)
+        is_lut = fn is not keras.activations.relu
+        if is_lut:
+            input_quantizer = with_defaults(input_quantizer, LUT_INPUT_DEFAULTS)
+        super().__init__(input_quantizer=input_quantizer, **kwargs)
+        self.activation = activation if is_lut else 'relu'
+        self.fn = fn
+        self.output_quantizer = None
+        if not is_lut and output_quantizer is not None:
+            raise ValueError(f'{self.name}: relu is exact and takes no output_quantizer')
+        if is_lut:
+            self.output_quantizer = make_quantizer(
+                with_defaults(output_quantizer, LUT_OUTPUT_DEFAULTS), ActivationQuantizer, f'{self.name}_oq'
+            )
+            check_tensor_quantizer(self.name, 'input quantizer', self.input_quantizer, saturating=False)
+            check_tensor_quantizer(self.name, 'output quantizer', self.output_quantizer, saturating=True)
+        if int(max_table_size) < 1:
+            raise ValueError(f'{self.name}: max_table_size must be a positive integer, got {max_table_size}')
+        self.max_table_size = int(max_table_size)
+
+    @property
+    def is_lut(self) -> bool:
+        """True when the activation is a lookup table (anything but ``relu``)."""
+        return self.activation != 'relu'
+
+    def build(self, input_shape: tuple[int | None, ...]) -> None:
+        self.input_quantizer.build(input_shape)
+        if self.output_quantizer is not None:
+            self.output_quantizer.build(input_shape)
+        super().build(input_shape)
+
+    @property
+    def quantizers(self) -> list[ActivationQuantizer]:
+        extra = [self.output_quantizer] if self.output_quantizer is not None else []
+        return [*super().quantizers, *extra]
+
+    def call(self, x: Any, training: bool | None = None) -> Any:
+        xq = self.input_quantizer(x, training=training)
+        if not self.is_lut:
+            y = ops.relu(xq)
+        elif training:
+            y = self.output_quantizer(self.fn(xq), training=True)
+        else:
+            y = self._lookup(xq)
+        self.add_ebops_loss(training)
+        return y
+
+    def _table_tensor(self) -> tuple[Any, Any, Any, Any]:
+        """The table over ``max_table_size`` codes from the smallest one, its offset, size and scale ``2**f``."""
+        k, i, f = scalar_ki_f(self.input_quantizer)
+        offset = code_offset(k, i, f)
+        size = ops.where(k + i + f > 0, 2.0 ** (k + i + f), 1.0)
+        scale = 2.0**f
+        values = (offset + ops.arange(self.max_table_size, dtype=self.compute_dtype)) / scale
+        table = quantize_with(self.output_quantizer, self.fn(values))
+        return table, offset, size, scale
+
+    def _lookup(self, xq: Any) -> Any:
+        table, offset, size, scale = self._table_tensor()
+        index = ops.round(xq * scale) - offset
+        safe = ops.cast(ops.clip(index, 0, self.max_table_size - 1), 'int32')
+        y = ops.take(table, safe)
+        return ops.where(size <= self.max_table_size, y, ops.full_like(y, np.nan))
+
+    def table_format(self) -> tuple[int, int, int]:
+        """Integer ``(k, i, f)`` of the table input; ``(0, 0, 0)`` when the input is pruned (one entry)."""
+        self._check_built()
+        return scalar_kif(self.input_quantizer)
+
+    def table(self) -> np.ndarray:
+        """The lookup table as float64, entry ``j`` for input code ``offset + j`` (the smallest code first).
+
+        Exactly the values the layer outputs at inference. Raises ``ValueError`` when the input format has more
+        than ``max_table_size`` codes.
+        """
+        if not self.is_lut:
+            raise ValueError(f'{self.name}: relu has no lookup table')
+        k, i, f = self.table_format()
+        size = 2 ** (k + i + f)
+        if size > self.max_table_size:
+            raise ValueError(
+                f'{self.name}: the input format (k={k}, i={i}, f={f}) needs a table of {size} entries, more than '
+                f'max_table_size={self.max_table_size}; lower the input bits or raise max_table_size'
+            )
+        table = self._table_tensor()[0]
+        return np.asarray(ops.convert_to_numpy(table), dtype=np.float64)[:size]
+
+    def _check_built(self) -> None:
+        if not self.built:
+            raise ValueError(f'{self.name}: the layer is not built; build or call the model first')
+
+    def ebops(self) -> Any:
+        if not self.is_lut:
+            return ops.convert_to_tensor(0.0)
+        n = float(np.prod(self.input_quantizer.shape))
+        bits_in = ops.max(self.input_quantizer.bits())
+        bits_out = ops.max(self.output_quantizer.bits())
+        return lut_cost(n, bits_in, bits_out, xp=ops)
+
+    def exact_ebops(self) -> float:
+        if not self.is_lut:
+            return 0.0
+        k, i, f = self.table_format()
+        n = float(np.prod(self.input_quantizer.shape))
+        return float(lut_cost(n, k + i + f, table_width(self.table())))
+
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        activation = self.activation
+        if not isinstance(activation, str | dict):
+            activation = keras.saving.serialize_keras_object(activation)
+        config.update(activation=activation, max_table_size=self.max_table_size)
+        if self.output_quantizer is not None:
+            config.update(output_quantizer=serialize_quantizer(self.output_quantizer))
+        return config

@@ -1,9 +1,13 @@
 """Bit-exact conversion of H-layer models to HLS C++ through hls4ml.
 
-Importing this package registers the hls4ml handlers of the H-layers (``import hgq`` does it), so
-``hls4ml.converters.convert_from_keras_model`` converts H-layer models too.
+Importing this package registers the hls4ml handlers of the H-layers and our backend extensions
+(:mod:`hgq.convert.hls_backend`); ``import hgq`` does it, so ``hls4ml.converters.convert_from_keras_model``
+converts H-layer models too.
 """
 
-from hgq.convert import handlers
+from hgq.convert import handlers, hls_backend, tables
 
-__all__ = ['handlers']
+hls_backend.register_backend_extensions()
+tables.register_table_layers()
+
+__all__ = ['handlers', 'hls_backend', 'tables']

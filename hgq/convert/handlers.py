@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from hls4ml.converters.keras_v3._base import KerasV3LayerHandler
 
+from hgq.convert.hls_backend import MASK_ATTR
 from hgq.layers.dense import HDense
 from hgq.layers.quantize import HQuantize
 from hgq.quantizer import ActivationQuantizer
@@ -64,10 +65,12 @@ def handler_key(cls: type) -> str:
 
 
 def kbi_masks(quantizer: ActivationQuantizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``mask_kbi = (k, B, I)`` arrays of an activation quantizer, shape ``(1, *tensor_shape)``.
+    """The ``mask_kbi = (k, B, I)`` arrays of an activation quantizer, shape ``(1, *bits_shape)``.
 
-    ``B = k + i + f`` is the width and ``I = k + i`` the integer bits including the sign. Elements of width
-    ``<= 0`` (pruned: always exactly 0) get ``k = B = I = 0``.
+    ``B = k + i + f`` is the width and ``I = k + i`` the integer bits including the sign. The arrays have the
+    shape of the quantizer's bitwidth variables (``(1, 1, C)`` for a per-channel quantizer of ``(H, W, C)``
+    tensors), which broadcasts to the tensor. Elements of width ``<= 0`` (pruned: always exactly 0) get
+    ``k = B = I = 0``.
 
     Parameters
     ----------
@@ -76,7 +79,6 @@ def kbi_masks(quantizer: ActivationQuantizer) -> tuple[np.ndarray, np.ndarray, n
 
     Examples
     --------
-    >>> import numpy as np
     >>> q = ActivationQuantizer(f_init=2, overflow_mode='SAT', i_init=1)
     >>> q.build((None, 3))
     >>> [m.tolist() for m in kbi_masks(q)]
@@ -84,7 +86,9 @@ def kbi_masks(quantizer: ActivationQuantizer) -> tuple[np.ndarray, np.ndarray, n
     """
     if quantizer.shape is None:
         raise ValueError(f'{quantizer.name}: the quantizer is not built; build or call the model first')
-    k, i, f = quantizer.kif()
+    var_shape = tuple(quantizer.f.shape)
+    first = tuple(slice(None) if v != 1 else slice(0, 1) for v in var_shape)
+    k, i, f = (a[first] for a in quantizer.kif())
     width = k + i + f
     zero = width <= 0
     k = np.where(zero, 0, k)
@@ -119,7 +123,9 @@ def quantizer_config(
     -------
     dict
         ``class_name='FixedPointQuantizer'``, ``mask_kbi``, ``SAT`` (overflow mode), ``RND`` (rounding mode),
-        ``fusible``, ``overrides`` and the tensor wiring.
+        ``fusible``, ``overrides``, the tensor wiring, and ``hgq_mask_kbi`` (a copy of the masks that marks the
+        quantizer as ours for :mod:`hgq.convert.hls_backend`). A quantizer whose every element has zero width
+        outputs 0 whatever its modes; it is given ``WRAP``/``TRN`` so that it requests no bits from its input.
 
     Examples
     --------
@@ -129,12 +135,15 @@ def quantizer_config(
     >>> conf['class_name'], conf['SAT'], conf['RND'], conf['mask_kbi'][1].shape
     ('FixedPointQuantizer', 'WRAP', 'RND', (1, 4))
     """
+    masks = kbi_masks(quantizer)
+    all_zero = not np.any(masks[1])
     return {
         'name': name or quantizer.name,
         'class_name': 'FixedPointQuantizer',
-        'mask_kbi': kbi_masks(quantizer),
-        'SAT': quantizer.overflow_mode,
-        'RND': quantizer.round_mode,
+        'mask_kbi': masks,
+        MASK_ATTR: tuple(m.copy() for m in masks),
+        'SAT': 'WRAP' if all_zero else quantizer.overflow_mode,
+        'RND': 'TRN' if all_zero else quantizer.round_mode,
         'fusible': None,
         'overrides': {},
         'input_keras_tensor_names': [input_name],

@@ -78,4 +78,5 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: in
             )
         var_shape = tuple(quantizer.vmax.shape)
         quantizer.set_range(_reduce(values, var_shape, np.min), _reduce(values, var_shape, np.max))
+        quantizer.calibrated.assign(1.0)
     return ebops(model)

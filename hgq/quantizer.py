@@ -201,6 +201,8 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
             bound = 2.0**self.i_init
             self.vmin = self.add_weight(name='vmin', shape=var_shape, initializer=init(-bound), trainable=False)
             self.vmax = self.add_weight(name='vmax', shape=var_shape, initializer=init(bound), trainable=False)
+            # 1 after hgq.calibrate set the range from data, 0 again once training moves it (stale calibration).
+            self.calibrated = self.add_weight(name='calibrated', shape=(), initializer=init(0.0), trainable=False)
         else:
             self.i = self.add_weight(name='i', shape=var_shape, initializer=init(self.i_init), trainable=True)
         super().build(input_shape)
@@ -254,6 +256,7 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         m = self.momentum
         self.vmax.assign(ops.maximum(batch_max, m * self.vmax + (1 - m) * batch_max))
         self.vmin.assign(ops.minimum(batch_min, m * self.vmin + (1 - m) * batch_min))
+        self.calibrated.assign(0.0)
 
     def set_range(self, vmin: Any, vmax: Any) -> None:
         """Set the tracked range exactly (WRAP mode); used by :func:`hgq.calibrate`."""

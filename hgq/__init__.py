@@ -7,10 +7,12 @@ Examples
 >>> model = keras.Sequential([keras.Input((16,)), HQuantize(), HDense(64, activation='relu'), HDense(5)])
 """
 
-from hgq import convert, fixed_point, layers, quantizer
+from hgq import callbacks, convert, datasets, fixed_point, layers, plot, quantizer
 from hgq.calibrate import calibrate
 from hgq.ebops import ebops, layer_ebops
+from hgq.summary import summary
 
 __version__ = '0.1.0'
 
 __all__ = ['fixed_point', 'quantizer', 'layers', 'convert', 'calibrate', 'ebops', 'layer_ebops', '__version__']
+__all__ += ['callbacks', 'datasets', 'plot', 'summary']

@@ -1,0 +1,460 @@
+"""Keras callbacks for HGQ training: ``beta`` schedules, an EBOPs target, and a Pareto front of checkpoints.
+
+Every callback here puts the model's exact EBOPs (:func:`hgq.ebops`) into the epoch logs as ``ebops``, computed
+once per epoch whichever callbacks run, so the progress bar, ``History`` and other callbacks see it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from hgq.ebops import ebops, h_layers
+
+__all__ = [
+    'EBOPsLogger',
+    'BetaSchedule',
+    'BetaTarget',
+    'ParetoFront',
+    'ParetoPoint',
+    'read_front',
+    'log_ebops',
+    'set_beta',
+    'beta_update',
+    'INTERPOLATIONS',
+]
+
+INTERPOLATIONS = ('linear', 'log')
+SIDES = ('max', 'min')
+FRONT_INDEX = 'front.json'
+# Pruned bits grow back slowly, so below the target BetaTarget lowers beta this many times faster than it raises it.
+RECOVERY = 4.0
+
+
+def log_ebops(model: keras.Model, logs: dict[str, Any] | None) -> float:
+    """Return the model's exact EBOPs, computing them only if ``logs`` has no ``ebops`` yet, and log them.
+
+    Examples
+    --------
+    >>> import keras, hgq
+    >>> from hgq.layers import HQuantize, HDense
+    >>> model = keras.Sequential([keras.Input((4,)), HQuantize(), HDense(2)])
+    >>> logs = {}
+    >>> hgq.callbacks.log_ebops(model, logs) == logs['ebops'] > 0
+    True
+    """
+    if logs is None:
+        return ebops(model)
+    if 'ebops' not in logs:
+        logs['ebops'] = ebops(model)
+    return float(logs['ebops'])
+
+
+def set_beta(model: keras.Model, beta: float) -> int:
+    """Set the ``beta`` variable of every H-layer of ``model``; returns how many layers were set.
+
+    Examples
+    --------
+    >>> import keras, hgq
+    >>> from hgq.layers import HQuantize, HDense
+    >>> model = keras.Sequential([keras.Input((4,)), HQuantize(), HDense(2)])
+    >>> hgq.callbacks.set_beta(model, 1e-6)
+    2
+    """
+    layers = list(h_layers(model))
+    for layer in layers:
+        layer.beta.assign(float(beta))
+    return len(layers)
+
+
+class EBOPsLogger(keras.callbacks.Callback):
+    """Log the model's exact EBOPs as ``ebops`` at the end of every epoch (once per epoch, not per step).
+
+    Examples
+    --------
+    >>> import hgq
+    >>> callbacks = [hgq.callbacks.EBOPsLogger()]
+    >>> # model.fit(x, y, callbacks=callbacks) -> history.history['ebops']
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        log_ebops(self.model, logs)
+
+
+class BetaSchedule(keras.callbacks.Callback):
+    """Set every H-layer's ``beta`` at the start of each epoch from a constant or a piecewise schedule.
+
+    Parameters
+    ----------
+    beta : float or sequence of (epoch, beta) pairs
+        A constant, or points of a piecewise schedule with increasing epochs. Before the first point the first
+        value holds, after the last point the last value.
+    interpolation : {'linear', 'log'}
+        Between points: linear in ``beta``, or linear in ``log(beta)`` (log-linear; every value must be > 0).
+
+    Logs ``beta`` (the value used during the epoch) and ``ebops``.
+
+    Examples
+    --------
+    >>> from hgq.callbacks import BetaSchedule
+    >>> BetaSchedule(1e-6)(10)
+    1e-06
+    >>> BetaSchedule([(0, 0.0), (10, 1e-5)])(5)
+    5e-06
+    >>> round(BetaSchedule([(0, 1e-7), (20, 1e-5)], interpolation='log')(10), 12)
+    1e-06
+    """
+
+    def __init__(self, beta: float | Sequence[tuple[float, float]], interpolation: str = 'linear') -> None:
+        super().__init__()
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f'BetaSchedule: interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}')
+        self.points = _schedule_points(beta)
+        self.interpolation = interpolation
+        if interpolation == 'log' and any(b <= 0 for _, b in self.points):
+            raise ValueError(f'BetaSchedule: log interpolation needs every beta > 0, got {self.points}')
+        self.current = self.points[0][1]
+
+    def __call__(self, epoch: float) -> float:
+        """The value of ``beta`` at ``epoch``."""
+        points = self.points
+        if epoch <= points[0][0]:
+            return points[0][1]
+        for (e0, b0), (e1, b1) in pairwise(points):
+            if epoch <= e1:
+                t = (epoch - e0) / (e1 - e0)
+                if self.interpolation == 'log':
+                    return math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))
+                return b0 + t * (b1 - b0)
+        return points[-1][1]
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.current = self(epoch)
+        set_beta(self.model, self.current)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs['beta'] = self.current
+        log_ebops(self.model, logs)
+
+
+def _schedule_points(beta: float | Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    if isinstance(beta, int | float):
+        points = [(0.0, float(beta))]
+    else:
+        try:
+            points = [(float(e), float(b)) for e, b in beta]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f'BetaSchedule: beta must be a number or a list of (epoch, beta) pairs, got {beta!r}'
+            ) from None
+    if not points:
+        raise ValueError('BetaSchedule: the schedule needs at least one (epoch, beta) point')
+    if any(b < 0 or not math.isfinite(b) for _, b in points):
+        raise ValueError(f'BetaSchedule: every beta must be finite and >= 0, got {points}')
+    if any(e1 <= e0 for (e0, _), (e1, _) in pairwise(points)):
+        raise ValueError(f'BetaSchedule: epochs must be strictly increasing, got {[e for e, _ in points]}')
+    return points
+
+
+def beta_update(
+    beta: float,
+    ebops_now: float,
+    ebops_before: float | None,
+    target: float,
+    gain: float = 1.0,
+    rate: float = 0.2,
+    max_factor: float = 1.2,
+    tolerance: float = 0.05,
+    beta_min: float = 1e-12,
+    beta_max: float = 1.0,
+) -> float:
+    """One step of :class:`BetaTarget`'s controller, a PI controller on ``e = log(ebops / target)``.
+
+    ``log(beta) += gain * (e_now - e_before + rate * e_now)``: ``beta`` grows while EBOPs fall more slowly than
+    ``rate`` times their distance to the target per epoch, and shrinks when they fall faster (which stops the
+    overshoot that the lag between ``beta`` and EBOPs would otherwise cause). Below the target the ``rate`` term
+    is ``RECOVERY`` (4) times stronger, because pruned bits grow back slowly. Within ``tolerance`` (relative) of
+    the target only the damping term acts. The factor per step is at most ``max_factor`` either way and the
+    result stays in ``[beta_min, beta_max]``.
+
+    Examples
+    --------
+    >>> from hgq.callbacks import beta_update
+    >>> beta_update(1e-6, 2000.0, 2000.0, 1000.0, max_factor=4.0) / 1e-6  # stuck at 2x: exp(0.2 * log 2)
+    1.148698354997035
+    >>> beta_update(1e-6, 1010.0, 1010.0, 1000.0)  # at the target and steady: unchanged
+    1e-06
+    >>> beta_update(1e-6, 2000.0, 4000.0, 1000.0) < 1e-6  # falling fast towards the target: ease off
+    True
+    """
+    if ebops_now <= 0 or not math.isfinite(ebops_now):
+        return beta
+    error = math.log(ebops_now / target)
+    before = error if ebops_before is None or ebops_before <= 0 else math.log(ebops_before / target)
+    integral = 0.0 if abs(ebops_now / target - 1.0) <= tolerance else rate * error
+    if error < 0:
+        integral *= RECOVERY
+    step = gain * (error - before + integral)
+    step = max(-math.log(max_factor), min(math.log(max_factor), step))
+    return min(beta_max, max(beta_min, beta * math.exp(step)))
+
+
+class BetaTarget(keras.callbacks.Callback):
+    """Adjust ``beta`` after each epoch so that the model's EBOPs approach a target.
+
+    A PI controller in log space (see :func:`beta_update`): with ``e = log(ebops / target)``, after every epoch
+    ``log(beta) += gain * (e - e_previous + rate * e)``. Multiplicative steps suit ``beta``, which matters over
+    decades. EBOPs follow ``beta`` with a lag of several epochs (tracked activation ranges shrink slowly), and
+    bits pruned too far grow back slowly; the damping term ``e - e_previous`` lowers ``beta`` as soon as EBOPs
+    fall faster than the wanted ``rate``, and each step changes ``beta`` by at most ``max_factor`` (20 %), so
+    ``beta`` does not wind up while EBOPs lag. Expect EBOPs to settle within some 10-25 % of the target,
+    typically a little below it (measured on digits: target 5,000, settled at 3,800-4,200); start ``beta_init``
+    near the value you expect to save epochs.
+
+    Parameters
+    ----------
+    target : float
+        EBOPs to reach (exact EBOPs, as :func:`hgq.ebops` reports them).
+    beta_init : float
+        ``beta`` of every H-layer at the start of training.
+    gain : float
+        Controller gain (on the change of ``e`` per epoch).
+    rate : float
+        Wanted fraction of the remaining distance to the target, in log space, covered per epoch.
+    max_factor : float
+        Largest factor by which ``beta`` changes in one epoch.
+    tolerance : float
+        Relative dead band around the target in which ``beta`` only reacts to changes.
+    beta_min, beta_max : float
+        Bounds of ``beta``.
+    warmup : int
+        Epochs at ``beta_init`` before the controller starts.
+
+    Logs ``beta`` (the value used during the epoch) and ``ebops``.
+
+    Examples
+    --------
+    Aim at about 3,000 EBOPs (e.g. roughly 1,500 LUTs) for a small jet tagger:
+
+    >>> import hgq
+    >>> target = hgq.callbacks.BetaTarget(3000, beta_init=1e-6)
+    >>> # model.fit(x, y, epochs=200, callbacks=[target]); history.history['beta'] shows the loop
+    """
+
+    def __init__(
+        self,
+        target: float,
+        beta_init: float = 1e-6,
+        gain: float = 1.0,
+        rate: float = 0.2,
+        max_factor: float = 1.2,
+        tolerance: float = 0.05,
+        beta_min: float = 1e-12,
+        beta_max: float = 1.0,
+        warmup: int = 0,
+    ) -> None:
+        super().__init__()
+        checks = {
+            'target': target > 0,
+            'beta_init': beta_min <= beta_init <= beta_max,
+            'gain': gain > 0,
+            'rate': 0 < rate <= 1,
+            'max_factor': max_factor > 1,
+            'tolerance': tolerance >= 0,
+            'beta_min': 0 < beta_min < beta_max,
+            'warmup': warmup >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(
+                f'BetaTarget: invalid {", ".join(bad)} (need target > 0, 0 < beta_min <= beta_init <= beta_max, '
+                'gain > 0, 0 < rate <= 1, max_factor > 1, tolerance >= 0, warmup >= 0)'
+            )
+        self.target = float(target)
+        self.beta_init = float(beta_init)
+        self.beta = self.beta_init
+        self.settings = dict(
+            gain=gain, rate=rate, max_factor=max_factor, tolerance=tolerance, beta_min=beta_min, beta_max=beta_max
+        )
+        self.warmup = int(warmup)
+        self._epochs_seen = 0
+        self._previous: float | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        set_beta(self.model, self.beta)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        current = log_ebops(self.model, logs)
+        if logs is not None:
+            logs['beta'] = self.beta
+        self._epochs_seen += 1
+        if self._epochs_seen > self.warmup:
+            self.beta = beta_update(self.beta, current, self._previous, self.target, **self.settings)
+            set_beta(self.model, self.beta)
+        self._previous = current
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """A checkpoint on a Pareto front: the saved model, the epoch, and its metric values."""
+
+    path: Path
+    epoch: int
+    values: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {'file': self.path.name, 'epoch': self.epoch, 'values': self.values}
+
+
+def _better_or_equal(a: float, b: float, side: str) -> bool:
+    return a >= b if side == 'max' else a <= b
+
+
+def _weakly_dominates(a: dict[str, float], b: dict[str, float], sides: dict[str, str]) -> bool:
+    """``a`` is at least as good as ``b`` in every metric."""
+    return all(_better_or_equal(a[m], b[m], side) for m, side in sides.items())
+
+
+def _write_json_atomic(path: Path, content: Any) -> None:
+    partial = path.with_name(f'.{path.name}.partial')
+    partial.write_text(json.dumps(content, indent=1))
+    os.replace(partial, path)
+
+
+def read_front(directory: str | os.PathLike) -> list[ParetoPoint]:
+    """The checkpoints of a front saved by :class:`ParetoFront`, sorted by the last metric (EBOPs by default).
+
+    Examples
+    --------
+    >>> import hgq
+    >>> points = hgq.callbacks.read_front('ckpt/')  # doctest: +SKIP
+    >>> [(p.path.name, p.values['ebops']) for p in points]  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    index = directory / FRONT_INDEX
+    if not index.is_file():
+        raise FileNotFoundError(f'{directory} holds no Pareto front ({FRONT_INDEX} is missing)')
+    content = json.loads(index.read_text())
+    points = [ParetoPoint(directory / p['file'], int(p['epoch']), dict(p['values'])) for p in content['points']]
+    last = content['metrics'][-1]
+    return sorted((p for p in points if p.path.is_file()), key=lambda p: (p.values[last], p.epoch))
+
+
+class ParetoFront(keras.callbacks.Callback):
+    """Save every model that no earlier checkpoint matches or beats in all metrics; delete dominated ones.
+
+    After each epoch the metric values are read from the logs (``ebops`` is logged by this callback). If no
+    saved checkpoint is at least as good in every metric, the model is saved as
+    ``epoch=0012-val_accuracy=0.9722-ebops=1234.5.keras`` and every checkpoint it dominates is deleted, so the
+    directory always holds the current Pareto front. ``front.json`` indexes it (see :func:`read_front`).
+
+    Parameters
+    ----------
+    directory : path
+        Where checkpoints go (created if needed).
+    metrics : sequence of str
+        Log keys to trade off, e.g. ``('val_accuracy', 'ebops')`` or ``('val_loss', 'ebops')``.
+    sides : sequence of {'max', 'min'}
+        Whether each metric is to be maximized or minimized.
+    resume : bool
+        Continue a front already indexed in ``directory`` (with the same metrics); ``False`` deletes its files.
+
+    Examples
+    --------
+    >>> import hgq
+    >>> front = hgq.callbacks.ParetoFront('ckpt/', metrics=('val_loss', 'ebops'), sides=('min', 'min'))
+    >>> # model.fit(x, y, validation_data=(xv, yv), callbacks=[front]); front.points lists the checkpoints
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        metrics: Sequence[str] = ('val_accuracy', 'ebops'),
+        sides: Sequence[str] = ('max', 'min'),
+        resume: bool = True,
+    ) -> None:
+        super().__init__()
+        metrics, sides = tuple(metrics), tuple(sides)
+        if len(metrics) != len(sides) or not metrics:
+            raise ValueError(f'ParetoFront: metrics {metrics} and sides {sides} must be non-empty and of equal length')
+        bad = [s for s in sides if s not in SIDES]
+        if bad:
+            raise ValueError(f'ParetoFront: sides must each be one of {SIDES}, got {bad}')
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f'ParetoFront: metrics must be distinct, got {metrics}')
+        self.directory = Path(directory)
+        self.sides = dict(zip(metrics, sides, strict=True))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.points: list[ParetoPoint] = self._existing_points(resume)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.sides)
+
+    def _existing_points(self, resume: bool) -> list[ParetoPoint]:
+        if not (self.directory / FRONT_INDEX).is_file():
+            return []
+        content = json.loads((self.directory / FRONT_INDEX).read_text())
+        if list(content['metrics']) != list(self.metrics) or list(content['sides']) != list(self.sides.values()):
+            raise ValueError(
+                f'ParetoFront: {self.directory} holds a front of metrics {content["metrics"]} {content["sides"]}; '
+                f'use another directory for {self.metrics}'
+            )
+        points = read_front(self.directory)
+        if resume:
+            return points
+        for point in points:
+            point.path.unlink(missing_ok=True)
+        (self.directory / FRONT_INDEX).unlink()
+        return []
+
+    def _values(self, logs: dict[str, Any]) -> dict[str, float]:
+        missing = [m for m in self.metrics if m not in logs]
+        if missing:
+            hint = ' (pass validation_data to fit)' if any(m.startswith('val_') for m in missing) else ''
+            raise KeyError(f'ParetoFront: metrics {missing} are not in the epoch logs {sorted(logs)}{hint}')
+        return {m: float(logs[m]) for m in self.metrics}
+
+    def _file_name(self, epoch: int, values: dict[str, float]) -> str:
+        stem = '-'.join([f'epoch={epoch:04d}', *(f'{m}={v:.6g}' for m, v in values.items())])
+        taken = {p.path.name for p in self.points}
+        name, n = f'{stem}.keras', 1
+        while name in taken:
+            name, n = f'{stem}-{n}.keras', n + 1
+        return name
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = {} if logs is None else logs
+        log_ebops(self.model, logs)
+        values = self._values(logs)
+        if not all(math.isfinite(v) for v in values.values()):
+            return
+        if any(_weakly_dominates(p.values, values, self.sides) for p in self.points):
+            return
+        point = ParetoPoint(self.directory / self._file_name(epoch, values), epoch, values)
+        partial = point.path.with_name(f'.partial-{point.path.name}')
+        self.model.save(partial)
+        os.replace(partial, point.path)
+        dominated = [p for p in self.points if _weakly_dominates(values, p.values, self.sides)]
+        self.points = [p for p in self.points if p not in dominated] + [point]
+        self._write_index()
+        for old in dominated:
+            if old.path != point.path:
+                old.path.unlink(missing_ok=True)
+
+    def _write_index(self) -> None:
+        content = {
+            'metrics': list(self.metrics),
+            'sides': list(self.sides.values()),
+            'points': [p.to_json() for p in self.points],
+        }
+        _write_json_atomic(self.directory / FRONT_INDEX, content)

@@ -1,0 +1,421 @@
+"""``hgq run``: train under a ``beta`` schedule, keep the Pareto front, then calibrate, convert and verify.
+
+A run writes one directory::
+
+    RUNNING            present while the run is in progress (FAILED, with the traceback, if it stopped)
+    config.yaml        the validated configuration
+    history.json       per-epoch logs (loss, metrics, ebops, beta)
+    pareto/            the Pareto front of checkpoints (front.json indexes it)
+    models/            the calibrated models that were converted
+    hls/<model>/       the HLS projects
+    pareto.png, bits-<model>.png
+    results.json       everything measured (written last, atomically)
+    report.md          accuracy, EBOPs and bit-exactness per model
+
+Only a directory without ``RUNNING`` or ``FAILED`` holds a complete run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from hgq.calibrate import calibrate
+from hgq.callbacks import ParetoFront, ParetoPoint, read_front
+from hgq.config import OPTIMIZERS, ExportConfig, RunConfig, build_model, load_config, parse_config
+from hgq.datasets import Dataset, load
+from hgq.summary import layer_rows
+
+__all__ = ['run', 'train', 'select_points', 'check_model', 'write_report', 'RUNNING', 'FAILED']
+
+RUNNING = 'RUNNING'
+FAILED = 'FAILED'
+Say = Callable[[str], Any]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f'cannot write {type(value).__name__} to JSON')
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f'.{path.name}.partial')
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def _write_json(path: Path, content: Any) -> None:
+    _write_atomic(path, json.dumps(content, indent=1, default=_json_default, allow_nan=True))
+
+
+def _task(data: Dataset) -> tuple[Any, list[str], str, str]:
+    """Loss, metrics, and the Pareto metric with its side."""
+    if data.task == 'classification':
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        return loss, ['accuracy'], 'val_accuracy', 'max'
+    return 'mse', [], 'val_loss', 'min'
+
+
+def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    training = config.training
+    rate: Any = training.learning_rate
+    if training.lr_schedule == 'cosine':
+        steps = training.epochs * steps_per_epoch
+        rate = keras.optimizers.schedules.CosineDecay(training.learning_rate, steps, alpha=training.lr_final)
+    return getattr(keras.optimizers, OPTIMIZERS[training.optimizer])(learning_rate=rate)
+
+
+def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbose: int = 1):
+    """Build, compile and fit the model of ``config``, keeping its Pareto front in ``directory/pareto``.
+
+    Returns
+    -------
+    model : keras.Model
+        The model after the last epoch.
+    history : dict
+        ``History.history`` (with ``ebops`` and ``beta`` per epoch).
+    front : ParetoFront
+        The callback, whose ``points`` are the saved checkpoints.
+    """
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, data.input_shape, data.n_classes)
+    loss, metrics, metric, side = _task(data)
+    steps = math.ceil(len(data.x_train) / config.training.batch_size)
+    model.compile(_optimizer(config, steps), loss, metrics=metrics)
+    front = ParetoFront(Path(directory) / 'pareto', metrics=(metric, 'ebops'), sides=(side, 'min'))
+    history = model.fit(
+        data.x_train,
+        data.y_train,
+        validation_data=(data.x_val, data.y_val),
+        epochs=config.training.epochs,
+        batch_size=config.training.batch_size,
+        callbacks=[config.training.beta.callback(), front, keras.callbacks.TerminateOnNaN()],
+        verbose=2 if verbose else 0,
+    )
+    return model, history.history, front
+
+
+def select_points(
+    points: Sequence[ParetoPoint], n: int, metric: str, side: str = 'max', min_metric: float | None = None
+) -> list[ParetoPoint]:
+    """Pick ``n`` checkpoints spread along a front by EBOPs, always including the best ``metric``.
+
+    ``min_metric`` drops points worse than it first (a floor for ``side='max'``, a ceiling for ``'min'``).
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> pts = [ParetoPoint(Path(f'{e}.keras'), e, {'acc': a, 'ebops': c}) for e, a, c in
+    ...        [(1, 0.80, 100), (2, 0.90, 200), (3, 0.95, 400), (4, 0.97, 800)]]
+    >>> [p.epoch for p in select_points(pts, 2, 'acc')]
+    [1, 4]
+    >>> [p.epoch for p in select_points(pts, 2, 'acc', min_metric=0.9)]
+    [2, 4]
+    """
+    sign = 1.0 if side == 'max' else -1.0
+    candidates = [p for p in points if min_metric is None or sign * (p.values[metric] - min_metric) >= 0]
+    candidates.sort(key=lambda p: (p.values['ebops'], p.epoch))
+    if n <= 0 or not candidates:
+        return []
+    if n == 1:
+        return [max(candidates, key=lambda p: (sign * p.values[metric], -p.values['ebops']))]
+    if n >= len(candidates):
+        return candidates
+    indices = sorted({int(round(i)) for i in np.linspace(0, len(candidates) - 1, n)})
+    return [candidates[i] for i in indices]
+
+
+def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.argmax(outputs.reshape(len(labels), -1), axis=-1) == labels))
+
+
+def _convert(model: keras.Model, directory: Path, export: ExportConfig):
+    import hgq
+
+    to_hls = getattr(hgq, 'to_hls', None)
+    if to_hls is None:
+        return None
+    return to_hls(
+        model,
+        str(directory),
+        backend=export.backend,
+        part=export.part,
+        clock_period=export.clock_period,
+        io_type=export.io_type,
+    )
+
+
+def check_model(
+    model: keras.Model, data: Dataset, directory: Path, export: ExportConfig, say: Say = _quiet
+) -> dict[str, Any]:
+    """Convert a calibrated model with :func:`hgq.to_hls`, compile it, and compare it with Keras on the test set.
+
+    Returns the HLS project, the test metric from the C simulation and the number of test samples whose
+    outputs differ from Keras's in any bit (``mismatches``).
+    """
+    n = len(data.x_test) if export.n_test is None else min(export.n_test, len(data.x_test))
+    x, y = np.ascontiguousarray(data.x_test[:n]), data.y_test[:n]
+    start = time.perf_counter()
+    say(f'  converting to {export.backend} HLS ({export.io_type}) in {directory}')
+    hls_model = _convert(model, directory, export)
+    if hls_model is None:
+        say('  conversion skipped: hgq.to_hls is not available in this installation')
+        return {'converted': False, 'reason': 'hgq.to_hls is not available'}
+    say('  compiling the C simulation')
+    hls_model.compile()
+    say(f'  checking bit-exactness on {n} test samples')
+    keras_out = np.asarray(model.predict(x, batch_size=1024, verbose=0), dtype=np.float64)
+    hls_out = np.asarray(hls_model.predict(x), dtype=np.float64).reshape(keras_out.shape)
+    differs = np.any((keras_out != hls_out).reshape(n, -1), axis=1)
+    result = {
+        'converted': True,
+        'hls_project': str(directory),
+        'n_checked': n,
+        'mismatches': int(np.sum(differs)),
+        'max_abs_diff': float(np.max(np.abs(keras_out - hls_out))) if n else 0.0,
+        'convert_s': round(time.perf_counter() - start, 2),
+    }
+    if data.task == 'classification':
+        result['test_accuracy_hls'] = _accuracy(hls_out, y)
+    return result
+
+
+def _evaluate(model: keras.Model, data: Dataset) -> dict[str, float]:
+    outputs = np.asarray(model.predict(data.x_test, batch_size=1024, verbose=0))
+    if data.task == 'classification':
+        return {'test_accuracy': _accuracy(outputs, data.y_test)}
+    return {'test_mse': float(np.mean((outputs.reshape(data.y_test.shape) - data.y_test) ** 2))}
+
+
+def _process_point(
+    point: ParetoPoint, tag: str, data: Dataset, run_dir: Path, config: RunConfig, convert: bool, say: Say
+) -> dict[str, Any]:
+    from hgq.plot import bits as plot_bits
+
+    model = keras.models.load_model(point.path)
+    say('  calibrating integer bits on the training set')
+    ebops = calibrate(model, data.x_train)
+    (run_dir / 'models').mkdir(exist_ok=True)
+    model.save(run_dir / 'models' / f'{tag}.keras')
+    plot_bits(model, run_dir / f'bits-{tag}.png', title=f'{config.name} {tag}')
+    result: dict[str, Any] = {
+        'tag': tag,
+        'checkpoint': str(point.path.relative_to(run_dir)),
+        'epoch': point.epoch,
+        'training': dict(point.values),
+        'ebops': ebops,
+        **_evaluate(model, data),
+        'layers': layer_rows(model),
+    }
+    say(f'  EBOPs after calibration {ebops:,.0f}; ' + ', '.join(f'{k} {v:.4f}' for k, v in _metrics(result).items()))
+    if convert:
+        result.update(check_model(model, data, run_dir / 'hls' / tag, config.export, say))
+        if result.get('converted'):
+            say(f'  {result["mismatches"]} of {result["n_checked"]} test samples differ from Keras')
+    return result
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, float]:
+    return {k: result[k] for k in ('test_accuracy', 'test_mse') if k in result}
+
+
+def _run_dir(config: RunConfig, out_dir: str | os.PathLike | None) -> Path:
+    if out_dir is None:
+        stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
+        out_dir = Path(config.output) / f'{config.name}-{stamp}'
+    run_dir = Path(out_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f'run directory {run_dir} exists and is not empty; choose another --out')
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _as_config(config: RunConfig | str | os.PathLike | dict[str, Any]) -> RunConfig:
+    if isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return parse_config(config)
+    return load_config(config)
+
+
+def run(
+    config: RunConfig | str | os.PathLike | dict[str, Any],
+    out_dir: str | os.PathLike | None = None,
+    epochs: int | None = None,
+    convert: bool = True,
+    verbose: int = 1,
+    print_fn: Say = print,
+) -> dict[str, Any]:
+    """Run a configuration end to end: train, keep the Pareto front, calibrate, convert, check bit-exactness.
+
+    Parameters
+    ----------
+    config : RunConfig, path to a YAML file, or dict
+        The run configuration (see :mod:`hgq.config`).
+    out_dir : path, optional
+        The run directory (must be new or empty). Default: ``<config.output>/<name>-<date>-<time>``.
+    epochs : int, optional
+        Overrides ``training.epochs``.
+    convert : bool
+        Convert and check the selected models (``export.n_models`` of them); ``False`` stops after calibration.
+    verbose : int
+        0: silent; 1: progress lines and one line per epoch.
+    print_fn : callable
+        Where progress lines go.
+
+    Returns
+    -------
+    dict
+        The content of ``results.json``.
+
+    Examples
+    --------
+    >>> import hgq.run
+    >>> results = hgq.run.run('configs/digits_mlp.yaml', 'runs/digits')  # doctest: +SKIP
+    >>> [(m['tag'], m['ebops'], m['mismatches']) for m in results['models']]  # doctest: +SKIP
+    """
+    config = _as_config(config)
+    if epochs is not None:
+        if epochs <= 0:
+            raise ValueError(f'epochs must be a positive integer, got {epochs}')
+        config = replace(config, training=replace(config.training, epochs=int(epochs)))
+    say: Say = (lambda text: print_fn(f'[hgq] {text}')) if verbose else _quiet
+    run_dir = _run_dir(config, out_dir)
+    started = datetime.now(timezone.utc)
+    (run_dir / RUNNING).write_text(f'started {started.isoformat()} pid {os.getpid()}\n')
+    try:
+        results = _run(config, run_dir, convert, verbose, say, started)
+    except BaseException:
+        _write_atomic(run_dir / FAILED, traceback.format_exc())
+        (run_dir / RUNNING).unlink(missing_ok=True)
+        raise
+    (run_dir / RUNNING).unlink()
+    say(f'done: {run_dir / "report.md"}')
+    return results
+
+
+def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say, started: datetime):
+    import yaml
+
+    from hgq.plot import pareto as plot_pareto
+
+    clock = time.perf_counter()
+    _write_atomic(run_dir / 'config.yaml', yaml.safe_dump(config.to_dict(), sort_keys=False))
+    say(f'run {config.name} in {run_dir}')
+    say(f'loading data set {config.dataset.name}')
+    data = load(config.dataset.name, **config.dataset.options)
+    say(f'{data}')
+    say(f'training {config.training.epochs} epochs')
+    train_start = time.perf_counter()
+    _, history, front = train(config, data, run_dir, verbose)
+    train_s = time.perf_counter() - train_start
+    _write_json(run_dir / 'history.json', history)
+    metric, side = front.metrics[0], front.sides[front.metrics[0]]
+    points = read_front(front.directory)
+    say(f'Pareto front: {len(points)} checkpoints')
+    export = config.export
+    chosen = select_points(points, export.n_models, metric, side, export.min_metric)
+    models = []
+    for j, point in enumerate(chosen):
+        tag = f'model{j}-epoch{point.epoch:04d}'
+        values = ', '.join(f'{k} {v:.4g}' for k, v in point.values.items())
+        say(f'model {j + 1}/{len(chosen)}: epoch {point.epoch} ({values})')
+        models.append(_process_point(point, tag, data, run_dir, config, convert, say))
+    marked = [{**m['training'], 'label': m['tag'].split('-')[0]} for m in models]
+    plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=history, marked=marked, title=config.name)
+    results = {
+        'status': 'complete',
+        'name': config.name,
+        'config': config.to_dict(),
+        'dataset': {
+            'name': data.name,
+            'input_shape': list(data.input_shape),
+            'n_classes': data.n_classes,
+            'sizes': {'train': len(data.x_train), 'val': len(data.x_val), 'test': len(data.x_test)},
+        },
+        'started': started.isoformat(),
+        'finished': datetime.now(timezone.utc).isoformat(),
+        'wall_s': round(time.perf_counter() - clock, 2),
+        'train_s': round(train_s, 2),
+        'pareto_metric': metric,
+        'front': [{'file': p.path.name, 'epoch': p.epoch, **p.values} for p in points],
+        'models': models,
+    }
+    write_report(results, run_dir / 'report.md')
+    _write_json(run_dir / 'results.json', results)
+    return results
+
+
+def _fmt(value: Any, spec: str = '.4f') -> str:
+    if value is None:
+        return '-'
+    return format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+def model_table(results: dict[str, Any]) -> str:
+    """The per-model Markdown table of a run's results."""
+    metric = results['pareto_metric']
+    head = f'| model | epoch | {metric} | test acc (Keras) | test acc (HLS) | EBOPs | mismatches | HLS project |'
+    lines = [head, '|' + '---|' * 8]
+    for m in results['models']:
+        mismatches = f'{m["mismatches"]} / {m["n_checked"]}' if m.get('converted') else 'not converted'
+        project = f'`{Path(m["hls_project"]).name}`' if m.get('converted') else '-'
+        test = m.get('test_accuracy', m.get('test_mse'))
+        cells = [m['tag'], str(m['epoch']), _fmt(m['training'][metric]), _fmt(test), _fmt(m.get('test_accuracy_hls'))]
+        cells += [f'{m["ebops"]:,.0f}', mismatches, project]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def write_report(results: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write a run's ``report.md``: data set, training, the converted models and the Pareto front."""
+    metric = results['pareto_metric']
+    data, training, export = results['dataset'], results['config']['training'], results['config']['export']
+    sizes = data['sizes']
+    lines = [
+        f'# HGQ run: {results["name"]}',
+        '',
+        f'- data set: {data["name"]}, input shape {tuple(data["input_shape"])}, {data["n_classes"]} classes; '
+        f'train {sizes["train"]}, validation {sizes["val"]}, test {sizes["test"]}',
+        f'- training: {training["epochs"]} epochs in {results["train_s"]:.0f} s, beta {training["beta"]}',
+        f'- export: {export["backend"]} {export["part"]}, {export["io_type"]}, clock {export["clock_period"]} ns',
+        f'- wall time: {results["wall_s"]:.0f} s',
+        '',
+        '## Models',
+        '',
+        'EBOPs are exact, after calibration on the training set. Mismatches count test samples whose HLS '
+        'C-simulation output differs from Keras in any bit.',
+        '',
+        model_table(results),
+        '',
+        '![Pareto front](pareto.png)',
+        '',
+        f'## Pareto front ({len(results["front"])} checkpoints, EBOPs before calibration)',
+        '',
+        f'| epoch | {metric} | EBOPs | file |',
+        '|---|---|---|---|',
+    ]
+    lines += [f'| {p["epoch"]} | {p[metric]:.4f} | {p["ebops"]:,.0f} | `{p["file"]}` |' for p in results['front']]
+    path = Path(path)
+    _write_atomic(path, '\n'.join(lines) + '\n')
+    return path

@@ -9,6 +9,7 @@ Examples
 
 from hgq import callbacks, convert, datasets, fixed_point, layers, plot, quantizer
 from hgq.calibrate import calibrate
+from hgq.convert import to_hls
 from hgq.ebops import ebops, layer_ebops
 from hgq.summary import summary
 
@@ -16,3 +17,4 @@ __version__ = '0.1.0'
 
 __all__ = ['fixed_point', 'quantizer', 'layers', 'convert', 'calibrate', 'ebops', 'layer_ebops', '__version__']
 __all__ += ['callbacks', 'datasets', 'plot', 'summary']
+__all__ += ['to_hls']

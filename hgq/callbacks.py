@@ -95,8 +95,8 @@ class BetaSchedule(keras.callbacks.Callback):
     Parameters
     ----------
     beta : float or sequence of (epoch, beta) pairs
-        A constant, or points of a piecewise schedule with increasing epochs. Before the first point the first
-        value holds, after the last point the last value.
+        A constant, or points of a piecewise schedule with increasing epochs (the first epoch is 0, as Keras
+        counts in callbacks). Before the first point the first value holds, after the last point the last value.
     interpolation : {'linear', 'log'}
         Between points: linear in ``beta``, or linear in ``log(beta)`` (log-linear; every value must be > 0).
 
@@ -305,7 +305,7 @@ class BetaTarget(keras.callbacks.Callback):
 
 @dataclass(frozen=True)
 class ParetoPoint:
-    """A checkpoint on a Pareto front: the saved model, the epoch, and its metric values."""
+    """A checkpoint on a Pareto front: the saved model, the epoch (from 1), and its metric values."""
 
     path: Path
     epoch: int
@@ -355,7 +355,9 @@ class ParetoFront(keras.callbacks.Callback):
     After each epoch the metric values are read from the logs (``ebops`` is logged by this callback). If no
     saved checkpoint is at least as good in every metric, the model is saved as
     ``epoch=0012-val_accuracy=0.9722-ebops=1234.5.keras`` and every checkpoint it dominates is deleted, so the
-    directory always holds the current Pareto front. ``front.json`` indexes it (see :func:`read_front`).
+    directory always holds the current Pareto front. ``front.json`` indexes it (see :func:`read_front`). Epochs
+    count from 1, as in Keras's progress output. Files are written atomically (saved under a temporary name,
+    then renamed).
 
     Parameters
     ----------
@@ -440,7 +442,8 @@ class ParetoFront(keras.callbacks.Callback):
             return
         if any(_weakly_dominates(p.values, values, self.sides) for p in self.points):
             return
-        point = ParetoPoint(self.directory / self._file_name(epoch, values), epoch, values)
+        number = epoch + 1  # as Keras's progress output counts
+        point = ParetoPoint(self.directory / self._file_name(number, values), number, values)
         partial = point.path.with_name(f'.partial-{point.path.name}')
         self.model.save(partial)
         os.replace(partial, point.path)

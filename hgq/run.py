@@ -346,6 +346,7 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     results = {
         'status': 'complete',
         'name': config.name,
+        'run_dir': str(run_dir),
         'config': config.to_dict(),
         'dataset': {
             'name': data.name,

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from hgq.layers.base import HLayer
-from hgq.quantizer import WeightQuantizer
+from hgq.quantizer import WeightQuantizer, effective_bits
 
 __all__ = ['summary', 'layer_rows', 'quantized_weight_bits']
 
@@ -31,11 +31,16 @@ def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
             yield layer
 
 
-def _weight_of(layer: HLayer, quantizer: WeightQuantizer) -> Any:
-    """The variable quantized by ``quantizer``: by convention ``<name>_quantizer`` quantizes ``<name>``."""
+def _quantized_weight(layer: HLayer, quantizer: WeightQuantizer) -> Any:
+    """The quantized tensor of ``quantizer``: by convention ``<name>_quantizer`` quantizes ``<name>`` and the layer
+    exposes the exported values as ``q<name>`` (``qkernel``, ``qbias``, ``qscale``...)."""
     for attr, value in vars(layer).items():
         if value is quantizer and attr.endswith('_quantizer'):
-            return getattr(layer, attr[: -len('_quantizer')], None)
+            base = attr[: -len('_quantizer')]
+            if hasattr(layer, f'q{base}'):
+                return getattr(layer, f'q{base}')
+            weight = getattr(layer, base, None)
+            return None if weight is None else quantizer(weight)
     return None
 
 
@@ -51,12 +56,8 @@ def quantized_weight_bits(layer: HLayer) -> list[np.ndarray]:
     >>> [b.shape for b in quantized_weight_bits(layer)]
     [(4, 3), (3,)]
     """
-    bits = []
-    for quantizer in layer.weight_quantizers:
-        weight = _weight_of(layer, quantizer)
-        if weight is not None:
-            bits.append(quantizer.exact_bits(weight))
-    return bits
+    values = (_quantized_weight(layer, quantizer) for quantizer in layer.weight_quantizers)
+    return [effective_bits(keras.ops.convert_to_numpy(v)) for v in values if v is not None]
 
 
 def _mean_max(arrays: list[np.ndarray]) -> tuple[float, int] | None:

@@ -10,10 +10,10 @@ Examples
 >>> hls_model = hgq.to_hls(model, 'prj/', backend='Vitis', io_type='io_parallel')  # doctest: +SKIP
 """
 
-from hgq.convert import handlers, hls_backend, tables
+from hgq.convert import handlers, hls_backend, kernels, merging, tables
 from hgq.convert.project import ConversionError, to_hls
 
 hls_backend.register_backend_extensions()
 tables.register_table_layers()
 
-__all__ = ['handlers', 'hls_backend', 'tables', 'to_hls', 'ConversionError']
+__all__ = ['handlers', 'hls_backend', 'kernels', 'merging', 'tables', 'to_hls', 'ConversionError']

@@ -30,7 +30,6 @@ import numpy as np
 from hls4ml.converters.keras_v3._base import KerasV3LayerHandler
 
 from hgq.convert.hls_backend import MASK_ATTR
-from hgq.layers.dense import HDense
 from hgq.layers.quantize import HQuantize
 from hgq.quantizer import ActivationQuantizer
 
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = [
     'HLayerHandler',
     'HQuantizeHandler',
-    'HDenseHandler',
     'handler_key',
     'kbi_masks',
     'quantizer_config',
@@ -237,21 +235,3 @@ class HQuantizeHandler(KerasV3LayerHandler):
         out_tensors: Sequence[KerasTensor],
     ) -> tuple[IRDict, ...]:
         return (quantizer_config(layer.input_quantizer, in_tensors[0].name, out_tensors[0].name, name=layer.name),)
-
-
-class HDenseHandler(HLayerHandler):
-    """``HDense`` becomes input quantizer, ``Dense`` with the quantized kernel and bias, and ``relu``."""
-
-    handles = (handler_key(HDense),)
-    ir_class_name = 'Dense'
-
-    def handle(
-        self,
-        layer: HDense,
-        in_tensors: Sequence[KerasTensor],
-        out_tensors: Sequence[KerasTensor],
-    ) -> IRDict:
-        kernel = self.load_weight(layer, 'kernel')
-        bias = self.load_weight(layer, 'bias') if layer.use_bias else None
-        n_in, n_out = kernel.shape
-        return {'data_format': 'channels_last', 'weight_data': kernel, 'bias_data': bias, 'n_in': n_in, 'n_out': n_out}

@@ -28,15 +28,13 @@ from typing import Any
 import keras
 
 from hgq.callbacks import INTERPOLATIONS, BetaSchedule, BetaTarget
+from hgq.convert.project import BACKENDS, IO_TYPES, STRATEGIES
 from hgq.datasets import DATASETS
 
 __all__ = ['ConfigError', 'RunConfig', 'load_config', 'parse_config', 'build_layers', 'build_model', 'layer_types']
 
 OPTIMIZERS = {'adam': 'Adam', 'adamw': 'AdamW', 'sgd': 'SGD', 'rmsprop': 'RMSprop', 'nadam': 'Nadam'}
 LR_SCHEDULES = ('constant', 'cosine')
-BACKENDS = ('Vitis', 'Vivado')
-IO_TYPES = ('io_parallel', 'io_stream')
-STRATEGIES = ('latency', 'resource', 'distributed_arithmetic')
 KERAS_LAYERS = {'Flatten': keras.layers.Flatten, 'Reshape': keras.layers.Reshape, 'Dropout': keras.layers.Dropout}
 
 
@@ -95,7 +93,7 @@ class ExportConfig:
     part: str = 'xcvu13p-flga2577-2-e'
     clock_period: float = 5.0
     io_type: str = 'io_parallel'
-    strategy: str = 'latency'
+    strategy: str = 'Latency'
     n_test: int | None = None
 
 
@@ -287,7 +285,7 @@ def _parse_export(data: Any) -> ExportConfig:
         part=s.get('part', 'xcvu13p-flga2577-2-e', str),
         clock_period=s.get('clock_period', 5.0, float, check=lambda v: v > 0, expected='a positive number (ns)'),
         io_type=s.get('io_type', 'io_parallel', str, IO_TYPES),
-        strategy=s.get('strategy', 'latency', str, STRATEGIES),
+        strategy=s.get('strategy', 'Latency', str, STRATEGIES),
         n_test=s.get('n_test', None, int, check=_positive_int, expected='a positive integer'),
     )
     s.done()

@@ -149,10 +149,10 @@ def fashion_mnist(path: str | os.PathLike | None = None, val_fraction: float = 0
     files = {key: _find_idx(directory, stem) for key, stem in FASHION_MNIST_FILES.items()}
     missing = [FASHION_MNIST_FILES[key] for key, found in files.items() if found is None]
     if missing:
-        hint = 'install it with `apt-get install dataset-fashion-mnist`' if path is None else 'check the path'
         raise FileNotFoundError(
-            f'fashion_mnist: {directory} lacks {", ".join(missing)} (.gz); {hint}, or pass path= to a directory '
-            'holding the four IDX files'
+            f'fashion_mnist: {directory} lacks {", ".join(missing)} (.gz). Install Debian\'s data set with '
+            '`apt-get install dataset-fashion-mnist` (files under /usr/share/datasets/fashion-mnist), or pass '
+            'path= to a directory holding the four IDX files'
         )
     arrays = {key: _read_idx(file) for key, file in files.items()}
     x_all = (arrays['x_train'][..., None] / 255.0).astype(np.float32)

@@ -37,7 +37,7 @@ DEMO_CONFIG: dict[str, Any] = {
         'learning_rate': 3e-3,
         'beta': {'schedule': [[0, 1e-7], [DEMO_EPOCHS, 3e-4]], 'interpolation': 'log'},
     },
-    'export': {'n_models': 2, 'min_metric': 0.9, 'backend': 'Vitis', 'io_type': 'io_parallel'},
+    'export': {'n_models': 2, 'min_metric': 0.95, 'backend': 'Vitis', 'io_type': 'io_parallel'},
 }
 
 

@@ -34,6 +34,7 @@ import numpy as np
 from hgq.calibrate import calibrate
 from hgq.callbacks import ParetoFront, ParetoPoint, read_front
 from hgq.config import OPTIMIZERS, ExportConfig, RunConfig, build_model, load_config, parse_config
+from hgq.convert import to_hls
 from hgq.datasets import Dataset, load
 from hgq.summary import layer_rows
 
@@ -149,22 +150,6 @@ def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.argmax(outputs.reshape(len(labels), -1), axis=-1) == labels))
 
 
-def _convert(model: keras.Model, directory: Path, export: ExportConfig):
-    import hgq
-
-    to_hls = getattr(hgq, 'to_hls', None)
-    if to_hls is None:
-        return None
-    return to_hls(
-        model,
-        str(directory),
-        backend=export.backend,
-        part=export.part,
-        clock_period=export.clock_period,
-        io_type=export.io_type,
-    )
-
-
 def check_model(
     model: keras.Model, data: Dataset, directory: Path, export: ExportConfig, say: Say = _quiet
 ) -> dict[str, Any]:
@@ -176,11 +161,16 @@ def check_model(
     n = len(data.x_test) if export.n_test is None else min(export.n_test, len(data.x_test))
     x, y = np.ascontiguousarray(data.x_test[:n]), data.y_test[:n]
     start = time.perf_counter()
-    say(f'  converting to {export.backend} HLS ({export.io_type}) in {directory}')
-    hls_model = _convert(model, directory, export)
-    if hls_model is None:
-        say('  conversion skipped: hgq.to_hls is not available in this installation')
-        return {'converted': False, 'reason': 'hgq.to_hls is not available'}
+    say(f'  converting to {export.backend} HLS ({export.io_type}, {export.strategy}) in {directory}')
+    hls_model = to_hls(
+        model,
+        directory,
+        backend=export.backend,
+        part=export.part,
+        clock_period=export.clock_period,
+        io_type=export.io_type,
+        strategy=export.strategy,
+    )
     say('  compiling the C simulation')
     hls_model.compile()
     say(f'  checking bit-exactness on {n} test samples')
@@ -335,6 +325,9 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     say(f'Pareto front: {len(points)} checkpoints')
     export = config.export
     chosen = select_points(points, export.n_models, metric, side, export.min_metric)
+    if not chosen and points and export.n_models:
+        say(f'no checkpoint reaches {metric} {export.min_metric}; taking the best one')
+        chosen = select_points(points, 1, metric, side)
     models = []
     for j, point in enumerate(chosen):
         tag = f'model{j}-epoch{point.epoch:04d}'

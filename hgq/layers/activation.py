@@ -32,6 +32,7 @@ __all__ = [
     'scalar_ki_f',
     'code_offset',
     'quantize_with',
+    'take_codes',
     'with_defaults',
 ]
 
@@ -88,6 +89,14 @@ def quantize_with(quantizer: ActivationQuantizer, x: Any) -> Any:
     """
     k, i, f = (ops.cast(a, x.dtype) for a in scalar_ki_f(quantizer))
     return quantize_tensor(x, k, i, f, quantizer.round_mode, quantizer.overflow_mode)
+
+
+def take_codes(table: Any, index: Any) -> Any:
+    """``table[index]`` for float indices; out-of-range indices are clipped and NaN indices give NaN."""
+    invalid = ops.isnan(index)
+    safe = ops.cast(ops.clip(ops.where(invalid, 0.0, index), 0, table.shape[0] - 1), 'int32')
+    y = ops.take(table, safe)
+    return ops.where(invalid, ops.cast(np.nan, y.dtype), y)
 
 
 def code_offset(k: Any, i: Any, f: Any) -> Any:
@@ -152,8 +161,9 @@ class HActivation(HLayer):
         Quantizer of the table entries (lookup tables only): ``tensor`` granularity, SAT or SAT_SYM mode;
         default ``{'granularity': 'tensor', 'overflow_mode': 'SAT', 'i_init': 1, 'f_init': 8}``.
     max_table_size : int
-        Largest allowed table (entries). The table is recomputed at every inference call over this many codes,
-        and a larger input format is an error at conversion (Keras outputs are NaN then).
+        Largest allowed table (entries). The table is recomputed at every inference call over this many codes.
+        A larger input format is an error at conversion; Keras then applies the function directly (as while
+        calibrating, when :func:`hgq.calibrate` opens WRAP ranges).
     beta : float
         Weight of the layer's cost in the loss: the LUT-equivalent size of its tables (see :func:`lut_cost`).
 
@@ -233,10 +243,9 @@ class HActivation(HLayer):
 
     def _lookup(self, xq: Any) -> Any:
         table, offset, size, scale = self._table_tensor()
-        index = ops.round(xq * scale) - offset
-        safe = ops.cast(ops.clip(index, 0, self.max_table_size - 1), 'int32')
-        y = ops.take(table, safe)
-        return ops.where(size <= self.max_table_size, y, ops.full_like(y, np.nan))
+        y = take_codes(table, ops.round(xq * scale) - offset)
+        direct = quantize_with(self.output_quantizer, self.fn(xq))
+        return ops.where(size <= self.max_table_size, y, direct)
 
     def table_format(self) -> tuple[int, int, int]:
         """Integer ``(k, i, f)`` of the table input; ``(0, 0, 0)`` when the input is pruned (one entry)."""

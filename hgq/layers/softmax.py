@@ -31,6 +31,7 @@ from hgq.layers.activation import (
     quantize_with,
     scalar_kif,
     table_width,
+    take_codes,
     with_defaults,
 )
 from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer
@@ -68,8 +69,8 @@ class HSoftmax(HLayer):
     input_quantizer : ActivationQuantizer, dict or None
         Quantizer of the input (default: ``tensor`` granularity, SAT mode, ``i_init=4``, ``f_init=6``).
     max_table_size : int
-        Largest allowed table (entries), for both tables; a larger format is an error at conversion (Keras
-        outputs are NaN then). Both tables are recomputed at every inference call over this many codes.
+        Largest allowed table (entries), for both tables. Both are recomputed at every inference call over this
+        many codes. A larger format is an error at conversion; Keras then computes the functions directly.
     beta : float
         Weight of the layer's EBOPs in the loss: ``bits(e) * bits(r)`` for each output multiplication, plus the
         LUT-equivalent size of the tables (:func:`hgq.layers.activation.lut_cost`).
@@ -151,23 +152,38 @@ class HSoftmax(HLayer):
         inv_table = quantize_with(self.inv_quantizer, ops.divide(1.0, s))
         return exp_table, inv_table
 
-    def _lookup(self, table: Any, quantizer: ActivationQuantizer, x64: Any) -> Any:
-        """Quantize float64 ``x64`` (>= 0) with ``quantizer`` and read ``table`` at its code (NaN if too large)."""
-        xq = quantize_with(quantizer, x64)
+    def _fits(self) -> Any:
+        """Whether both tables fit in ``max_table_size`` entries (a scalar boolean tensor)."""
+        sizes = []
+        for quantizer in (self.exp_input_quantizer, self.sum_quantizer):
+            k, i = (ops.reshape(a, ()) for a in quantizer.ki())
+            sizes.append(2.0 ** ops.maximum(k + i + ops.reshape(quantizer.f_int, ()), 0.0))
+        return ops.logical_and(sizes[0] <= self.max_table_size, sizes[1] <= self.max_table_size)
+
+    @staticmethod
+    def _lookup(table: Any, quantizer: ActivationQuantizer, x64: Any) -> Any:
+        """Quantize float64 ``x64`` (>= 0) with ``quantizer`` and read ``table`` at its code, as float64."""
         f = ops.cast(ops.reshape(quantizer.f_int, ()), 'float64')
-        index = ops.cast(ops.clip(ops.round(xq * 2.0**f), 0, self.max_table_size - 1), 'int32')
-        y = ops.cast(ops.take(table, index), 'float64')
-        k, i = (ops.reshape(a, ()) for a in quantizer.ki())
-        fits = 2.0 ** ops.maximum(k + i + ops.reshape(quantizer.f_int, ()), 0.0) <= self.max_table_size
-        return ops.where(fits, y, ops.full_like(y, np.nan))
+        index = ops.round(quantize_with(quantizer, x64) * 2.0**f)
+        return ops.cast(take_codes(table, index), 'float64')
 
     def _exact_forward(self, xq: Any) -> Any:
+        """Inference: table lookups, with the sum and the products in float64 (exact)."""
         exp_table, inv_table = self._table_tensors()
         x64 = ops.cast(xq, 'float64')
         d = ops.max(x64, axis=-1, keepdims=True) - x64
         e = self._lookup(exp_table, self.exp_input_quantizer, d)
         r = self._lookup(inv_table, self.sum_quantizer, ops.sum(e, axis=-1, keepdims=True))
-        return ops.cast(quantize_with(self.output_quantizer, e * r), self.compute_dtype)
+        y = ops.cast(quantize_with(self.output_quantizer, e * r), self.compute_dtype)
+        return ops.where(self._fits(), y, self._direct_forward(xq))
+
+    def _direct_forward(self, xq: Any) -> Any:
+        """The same chain on the functions themselves (used when a table would be too large)."""
+        d = quantize_with(self.exp_input_quantizer, ops.max(xq, axis=-1, keepdims=True) - xq)
+        e = quantize_with(self.exp_quantizer, ops.exp(-d))
+        s = quantize_with(self.sum_quantizer, ops.sum(e, axis=-1, keepdims=True))
+        r = quantize_with(self.inv_quantizer, 1.0 / s)
+        return quantize_with(self.output_quantizer, e * r)
 
     def tables(self) -> tuple[np.ndarray, np.ndarray]:
         """The exp table (indexed by the code of ``max - x``) and the reciprocal table (by the code of the sum).

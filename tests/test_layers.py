@@ -290,6 +290,17 @@ def test_layers_without_multipliers_have_zero_ebops(name):
     assert hgq.ebops(model) == 0.0
 
 
+def test_channel_granularity_gives_one_bitwidth_per_input_channel_and_per_output_filter():
+    layer = HConv2D(4, 3, input_quantizer={'granularity': 'channel'}, kernel_quantizer={'granularity': 'channel'})
+    layer.build((None, 6, 6, 3))
+    assert layer.input_quantizer.f.shape == (1, 1, 3)
+    assert layer.kernel_quantizer.f.shape == (1, 1, 1, 4)
+    assert all(a.shape == (6, 6, 3) for a in layer.input_quantizer.kif())
+    dense = HDense(5, kernel_quantizer={'granularity': 'channel'})
+    dense.build((None, 7))
+    assert dense.kernel_quantizer.f.shape == (1, 5)
+
+
 def test_plain_keras_layers_between_h_layers_train_save_and_calibrate(tmp_path):
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

@@ -179,7 +179,7 @@ class HConv2D(HConv):
     padding : {'valid', 'same'}
         As in ``keras.layers.Conv2D``.
     data_format : {'channels_last', None}
-        Only channels last is supported.
+        Only channels last is supported; ``None`` means channels last whatever ``keras.config.image_data_format()``.
     dilation_rate : 1
         Only 1 is supported.
     activation : {'linear', 'relu', None}

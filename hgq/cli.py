@@ -121,8 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hgq`` command."""
+    from hgq.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, FileExistsError) as err:
+        print(f'hgq {args.command}: error: {err}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

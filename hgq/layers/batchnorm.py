@@ -74,8 +74,11 @@ class _BatchNormStatistics:
         )
 
     def normalization(self, y: Any = None, training: bool | None = None) -> tuple[Any, Any]:
-        """Per-channel ``(factor, shift)``: batch statistics of ``y`` while training, moving statistics otherwise."""
-        if training and y is not None:
+        """Per-channel ``(factor, shift)``: batch statistics of ``y`` while training, moving statistics otherwise.
+
+        As in Keras, a frozen layer (``trainable=False``) uses and keeps its moving statistics even while training.
+        """
+        if training and self.trainable and y is not None:
             mean, variance = ops.moments(y, axes=tuple(range(len(y.shape) - 1)))
             m = self.momentum
             self.moving_mean.assign(self.moving_mean * m + mean * (1.0 - m))
@@ -156,7 +159,7 @@ class _FusedBatchNorm(_BatchNormStatistics):
 
     def float_kernel_and_bias(self, x: Any = None, training: bool | None = None) -> tuple[Any, Any]:
         """Fused kernel and bias: with the statistics of ``op(x, kernel)`` while training, moving ones otherwise."""
-        y = self.apply_kernel(x, self.kernel) if training and x is not None else None
+        y = self.apply_kernel(x, self.kernel) if training and self.trainable and x is not None else None
         factor, shift = self.normalization(y, training)
         return self.kernel * factor, shift
 

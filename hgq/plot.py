@@ -79,6 +79,7 @@ def pareto(
     >>> hgq.plot.pareto(front, 'pareto.png')  # doctest: +SKIP
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     values = sorted(_front_values(front), key=lambda v: v[cost])
     fig = Figure(figsize=(6, 4), layout='constrained')
@@ -93,6 +94,9 @@ def pareto(
         if point.get('label'):
             ax.annotate(str(point['label']), (point[cost], point[metric]), textcoords='offset points', xytext=(5, 5))
     ax.set_xscale('log')
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:,.0f}' if v >= 1 else f'{v:g}'))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel('EBOPs' if cost == 'ebops' else cost)
     ax.set_ylabel(metric)
     ax.grid(True, which='both', alpha=0.3)

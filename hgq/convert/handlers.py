@@ -63,12 +63,11 @@ def handler_key(cls: type) -> str:
 
 
 def kbi_masks(quantizer: ActivationQuantizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``mask_kbi = (k, B, I)`` arrays of an activation quantizer, shape ``(1, *bits_shape)``.
+    """The ``mask_kbi = (k, B, I)`` arrays of an activation quantizer, shape ``(1, *tensor_shape)``.
 
-    ``B = k + i + f`` is the width and ``I = k + i`` the integer bits including the sign. The arrays have the
-    shape of the quantizer's bitwidth variables (``(1, 1, C)`` for a per-channel quantizer of ``(H, W, C)``
-    tensors), which broadcasts to the tensor. Elements of width ``<= 0`` (pruned: always exactly 0) get
-    ``k = B = I = 0``.
+    ``B = k + i + f`` is the width and ``I = k + i`` the integer bits including the sign. Per-channel and
+    per-tensor formats are broadcast to the tensor shape (hls4ml's passes index the masks per element). Elements
+    of width ``<= 0`` (pruned: always exactly 0) get ``k = B = I = 0``.
 
     Parameters
     ----------
@@ -84,9 +83,7 @@ def kbi_masks(quantizer: ActivationQuantizer) -> tuple[np.ndarray, np.ndarray, n
     """
     if quantizer.shape is None:
         raise ValueError(f'{quantizer.name}: the quantizer is not built; build or call the model first')
-    var_shape = tuple(quantizer.f.shape)
-    first = tuple(slice(None) if v != 1 else slice(0, 1) for v in var_shape)
-    k, i, f = (a[first] for a in quantizer.kif())
+    k, i, f = quantizer.kif()
     width = k + i + f
     zero = width <= 0
     k = np.where(zero, 0, k)

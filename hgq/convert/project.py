@@ -24,6 +24,7 @@ import keras
 from hls4ml.converters.keras_v3 import layer_handlers
 
 from hgq.ebops import h_layers, layer_ebops
+from hgq.layers.pooling import HPooling
 from hgq.quantizer import ActivationQuantizer
 
 __all__ = [
@@ -115,15 +116,29 @@ def check_calibrated(model: keras.Model) -> None:
         )
 
 
-def check_supported(model: keras.Model) -> None:
-    """Raise :class:`ConversionError` naming the first layer that has no hls4ml handler."""
+def _stream_problem(layer: keras.Layer) -> str | None:
+    if isinstance(layer, HPooling) and (layer.padding != 'valid' or tuple(layer.strides) != tuple(layer.pool_size)):
+        return (
+            f"hls4ml's streaming pooling needs padding='valid' and strides equal to pool_size, got "
+            f'padding={layer.padding!r}, pool_size={tuple(layer.pool_size)}, strides={tuple(layer.strides)}; '
+            "change the layer or use io_type='io_parallel'"
+        )
+    return None
+
+
+def check_supported(model: keras.Model, io_type: str = 'io_parallel') -> None:
+    """Raise :class:`ConversionError` naming the first layer that cannot be converted with ``io_type``."""
     for layer in model.layers:
         cls = type(layer)
-        if f'{cls.__module__}.{cls.__name__}' not in layer_handlers and cls.__name__ not in layer_handlers:
+        key = f'{cls.__module__}.{cls.__name__}'
+        if key not in layer_handlers and cls.__name__ not in layer_handlers:
             raise ConversionError(
-                f'layer {layer.name!r} of class {cls.__module__}.{cls.__name__} cannot be converted: hls4ml has no '
-                'handler for it. Use H-layers (hgq.layers) and plain Flatten/Reshape/Dropout between them'
+                f'layer {layer.name!r} of class {key} cannot be converted: hls4ml has no handler for it. '
+                'Use H-layers (hgq.layers) and plain Flatten/Reshape/Dropout between them'
             )
+        problem = _stream_problem(layer) if io_type == 'io_stream' else None
+        if problem:
+            raise ConversionError(f'layer {layer.name!r} of class {key} cannot be converted with io_stream: {problem}')
 
 
 def _hls_config(strategy: str, user: dict[str, Any] | None) -> dict[str, Any]:
@@ -212,7 +227,7 @@ def to_hls(
     settings = check_settings(backend, part, clock_period, io_type, strategy, project_name)
     if not model.built:
         raise ConversionError(f'model {model.name!r} is not built; give it an Input or call it on data first')
-    check_supported(model)
+    check_supported(model, settings['io_type'])
     if not allow_uncalibrated:
         check_calibrated(model)
     hls_config = _hls_config(settings['strategy'], hls4ml_kwargs.pop('hls_config', None))

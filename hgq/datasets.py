@@ -150,7 +150,7 @@ def fashion_mnist(path: str | os.PathLike | None = None, val_fraction: float = 0
     missing = [FASHION_MNIST_FILES[key] for key, found in files.items() if found is None]
     if missing:
         raise FileNotFoundError(
-            f'fashion_mnist: {directory} lacks {", ".join(missing)} (.gz). Install Debian\'s data set with '
+            f"fashion_mnist: {directory} lacks {', '.join(missing)} (.gz). Install Debian's data set with "
             '`apt-get install dataset-fashion-mnist` (files under /usr/share/datasets/fashion-mnist), or pass '
             'path= to a directory holding the four IDX files'
         )

@@ -59,7 +59,7 @@ def test_table_entries_are_quantized_function_values():
     layer = model.layers[-1]
     assert layer.table_format() == (1, 2, 3)
     codes = np.arange(-32, 32)
-    expected = quantize(np.tanh((codes / 8.0).astype('float32')), 1, 0, 5, 'RND', 'SAT')
+    expected = quantize(np.tanh(codes / 8.0), 1, 0, 5, 'RND', 'SAT')
     assert np.array_equal(layer.table(), expected)
 
 
@@ -153,6 +153,8 @@ def test_ebops_is_table_cost():
 def test_errors():
     with pytest.raises(ValueError, match='unknown activation .*nope'):
         HActivation('nope')
+    with pytest.raises(ValueError, match='not element-wise; use hgq.layers.HSoftmax'):
+        HActivation('softmax')
     with pytest.raises(ValueError, match="granularity='tensor'"):
         HActivation('tanh', input_quantizer={'granularity': 'element'})
     with pytest.raises(ValueError, match='must saturate'):

@@ -7,6 +7,8 @@ quantizer has ``tensor`` granularity), so the table has ``2**(k + i + f)`` entri
 
 At inference (``training`` false or ``None``) the layer computes the table and looks every input up in it, so
 its output is ``table[code(x)]`` exactly; hardware holds the same table (exported with :meth:`HActivation.table`).
+Table entries are computed in float64 before quantization, so that the last-bit differences between function
+implementations (eager or compiled, CPU or GPU) practically never move an entry across a rounding boundary.
 While training, the function is applied directly, with straight-through gradients through both quantizers.
 """
 
@@ -131,12 +133,15 @@ def _get_function(layer_name: str, activation: Any) -> Callable[[Any], Any]:
     if activation is None:
         raise ValueError(f"{layer_name}: activation is required (a name such as 'tanh', or a callable)")
     try:
-        return keras.activations.get(activation)
+        fn = keras.activations.get(activation)
     except (ValueError, TypeError) as err:
         raise ValueError(
             f'{layer_name}: unknown activation {activation!r}; give a keras.activations name or a callable '
             f'taking and returning keras tensors ({err})'
         ) from None
+    if fn in (keras.activations.softmax, keras.activations.log_softmax):
+        raise ValueError(f'{layer_name}: {activation!r} is not element-wise; use hgq.layers.HSoftmax')
+    return fn
 
 
 @keras.saving.register_keras_serializable(package='hgq')
@@ -237,8 +242,9 @@ class HActivation(HLayer):
         offset = code_offset(k, i, f)
         size = ops.where(k + i + f > 0, 2.0 ** (k + i + f), 1.0)
         scale = 2.0**f
-        values = (offset + ops.arange(self.max_table_size, dtype=self.compute_dtype)) / scale
-        table = quantize_with(self.output_quantizer, self.fn(values))
+        codes = ops.cast(offset, 'float64') + ops.arange(self.max_table_size, dtype='float64')
+        values = self.fn(codes / ops.cast(scale, 'float64'))
+        table = ops.cast(quantize_with(self.output_quantizer, values), self.compute_dtype)
         return table, offset, size, scale
 
     def _lookup(self, xq: Any) -> Any:

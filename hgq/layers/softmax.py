@@ -11,9 +11,9 @@ Along the last axis, with every step in fixed point::
 
 The five internal quantizers (``exp_input``, ``exp``, ``sum``, ``inv`` and ``output``) are unsigned, saturating and
 have ``tensor`` granularity, with learned integer and fractional bits. At inference the layer computes both tables
-and looks values up in them, so its output equals the hardware's (the tables are exported with
-:meth:`HSoftmax.tables`). While training, the same chain runs on the functions themselves with straight-through
-gradients.
+(in float64, then quantized) and looks values up in them, so its output equals the hardware's (the tables are
+exported with :meth:`HSoftmax.tables`). While training, the same chain runs on the functions themselves with
+straight-through gradients.
 """
 
 from __future__ import annotations
@@ -145,12 +145,12 @@ class HSoftmax(HLayer):
 
     def _table_tensors(self) -> tuple[Any, Any]:
         """Exp and reciprocal tables over ``max_table_size`` codes (entry ``c`` for code ``c``)."""
-        codes = ops.arange(self.max_table_size, dtype=self.compute_dtype)
-        d = codes * 2.0 ** -ops.reshape(self.exp_input_quantizer.f_int, ())
+        codes = ops.arange(self.max_table_size, dtype='float64')
+        d = codes * ops.cast(2.0 ** -ops.reshape(self.exp_input_quantizer.f_int, ()), 'float64')
         exp_table = quantize_with(self.exp_quantizer, ops.exp(-d))
-        s = codes * 2.0 ** -ops.reshape(self.sum_quantizer.f_int, ())
+        s = codes * ops.cast(2.0 ** -ops.reshape(self.sum_quantizer.f_int, ()), 'float64')
         inv_table = quantize_with(self.inv_quantizer, ops.divide(1.0, s))
-        return exp_table, inv_table
+        return ops.cast(exp_table, self.compute_dtype), ops.cast(inv_table, self.compute_dtype)
 
     def _fits(self) -> Any:
         """Whether both tables fit in ``max_table_size`` entries (a scalar boolean tensor)."""

@@ -51,7 +51,7 @@ def lut_cost(n_tables: Any, bits_in: Any, bits_out: Any, xp: Any = np) -> Any:
 
     Examples
     --------
-    >>> lut_cost(16, 8, 8)
+    >>> float(lut_cost(16, 8, 8))
     512.0
     """
     return n_tables * bits_out * 2.0 ** xp.maximum(bits_in - 6.0, 0.0)

@@ -1,4 +1,4 @@
-"""The ``hgq`` command line: ``demo``, ``run``, ``plot``, ``summary``, and the converter's sub-commands.
+"""The ``hgq`` command line: ``demo``, ``run``, ``plot``, ``summary``, and the converter's ``convert``/``report``.
 
 Examples
 --------
@@ -14,12 +14,12 @@ Examples
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+
+from hgq.convert.commands import register as register_converter_commands
 
 __all__ = ['main', 'build_parser']
 
@@ -80,15 +80,6 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-convert', action='store_true', help='stop after calibration (no hls4ml)')
 
 
-def _register_converter(sub: Any) -> None:
-    """Sub-commands of the converter (``hgq convert``, ``hgq report``), when :mod:`hgq.convert.commands` exists."""
-    if importlib.util.find_spec('hgq.convert.commands') is None:
-        return
-    from hgq.convert.commands import register
-
-    register(sub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every sub-command."""
     parser = argparse.ArgumentParser(prog='hgq', description='High-Granularity Quantization for FPGA firmware.')
@@ -115,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument('model', help='a .keras model with H-layers')
     summary.set_defaults(func=_summary)
 
-    _register_converter(sub)
+    register_converter_commands(sub)
     return parser
 
 

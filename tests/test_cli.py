@@ -23,7 +23,7 @@ def demo_run(tmp_path_factory):
 
 
 def test_parser_has_every_sub_command():
-    for command in ('demo', 'run', 'plot', 'summary'):
+    for command in ('demo', 'run', 'plot', 'summary', 'convert', 'report'):
         with pytest.raises(SystemExit) as exit_info:
             build_parser().parse_args([command, '--help'])
         assert exit_info.value.code == 0

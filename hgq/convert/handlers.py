@@ -2,8 +2,9 @@
 
 Every H-layer quantizes its inputs, so its handler emits, in order:
 
-1. one ``FixedPointQuantizer`` IR dict per input tensor (:func:`quantizer_config`), which turns on hls4ml's
-   ``bit_exact`` pass: hls4ml then derives every type from these masks and the real weight values;
+1. one quantizer IR dict (a subclass of hls4ml's ``FixedPointQuantizer``) per input tensor
+   (:func:`quantizer_config`), which turns on hls4ml's ``bit_exact`` pass: hls4ml then derives every type from
+   these masks and the real weight values;
 2. the IR dict(s) of the layer itself, with weights already quantized (``qkernel``, ``qbias``);
 3. an ``Activation`` IR dict when the layer applies ``relu`` inside.
 
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from hls4ml.converters.keras_v3._base import KerasV3LayerHandler
 
-from hgq.convert.hls_backend import MASK_ATTR
+from hgq.convert.hls_backend import IR_CLASS, MASK_ATTR
 from hgq.layers.quantize import HQuantize
 from hgq.quantizer import ActivationQuantizer
 
@@ -103,7 +104,7 @@ def quantizer_config(
     output_name: str,
     name: str | None = None,
 ) -> IRDict:
-    """The hls4ml ``FixedPointQuantizer`` IR dict of an activation quantizer.
+    """The IR dict of an activation quantizer: an ``HGQFixedPointQuantizer`` (hls4ml's ``FixedPointQuantizer``).
 
     Parameters
     ----------
@@ -117,7 +118,7 @@ def quantizer_config(
     Returns
     -------
     dict
-        ``class_name='FixedPointQuantizer'``, ``mask_kbi``, ``SAT`` (overflow mode), ``RND`` (rounding mode),
+        ``class_name='HGQFixedPointQuantizer'``, ``mask_kbi``, ``SAT`` (overflow mode), ``RND`` (rounding mode),
         ``fusible``, ``overrides``, the tensor wiring, and ``hgq_mask_kbi`` (a copy of the masks that marks the
         quantizer as ours for :mod:`hgq.convert.hls_backend`). A quantizer whose every element has zero width
         outputs 0 whatever its modes; it is given ``WRAP``/``TRN`` so that it requests no bits from its input.
@@ -128,13 +129,13 @@ def quantizer_config(
     >>> q.build((None, 4))
     >>> conf = quantizer_config(q, 'x', 'x_q')
     >>> conf['class_name'], conf['SAT'], conf['RND'], conf['mask_kbi'][1].shape
-    ('FixedPointQuantizer', 'WRAP', 'RND', (1, 4))
+    ('HGQFixedPointQuantizer', 'WRAP', 'RND', (1, 4))
     """
     masks = kbi_masks(quantizer)
     all_zero = not np.any(masks[1])
     return {
         'name': name or quantizer.name,
-        'class_name': 'FixedPointQuantizer',
+        'class_name': IR_CLASS,
         'mask_kbi': masks,
         MASK_ATTR: tuple(m.copy() for m in masks),
         'SAT': 'WRAP' if all_zero else quantizer.overflow_mode,
@@ -221,7 +222,7 @@ class HLayerHandler(KerasV3LayerHandler):
 
 
 class HQuantizeHandler(KerasV3LayerHandler):
-    """``HQuantize`` becomes one ``FixedPointQuantizer``."""
+    """``HQuantize`` becomes one quantizer IR layer."""
 
     handles = (handler_key(HQuantize),)
 

@@ -1,7 +1,16 @@
 """Our extensions of hls4ml's Vivado/Vitis backends, registered once when :mod:`hgq.convert` is imported.
 
-hls4ml 1.3.0 turns the ``FixedPointQuantizer`` IR layers our handlers emit into bit-exact code, with three gaps
-that this module closes for quantizers of H-layers (IR layers carrying ``hgq_mask_kbi``; others are untouched):
+Our handlers emit :class:`HGQFixedPointQuantizer`, a subclass of hls4ml's ``FixedPointQuantizer`` IR layer, so
+hls4ml's ``bit_exact`` flow, quantizer fusion, distributed-arithmetic passes and code generation all apply to it.
+This module closes the gaps of hls4ml 1.3.0 for these quantizers (hls4ml's own ``FixedPointQuantizer`` layers,
+e.g. from HGQ2 models, are left as they are):
+
+- The ``bit_exact`` pass lets the layer before a WRAP quantizer wrap its result to the quantizer's integer bits.
+  That is exact only for rounding modes that commute with wrapping; ``TRN_ZERO``, ``RND_ZERO`` and ``RND_INF``
+  round according to the sign, which wrapping changes. :func:`request_kif` asks for the full range instead.
+- The ``bit_exact`` pass narrows a SAT quantizer's fractional bits to those of its input even where values
+  saturate, which moves the saturation bound ``2**i - 2**-f``. :func:`produce_kif` narrows a quantizer (SAT or
+  WRAP) only where no value can overflow it.
 
 - Fusion of a uniform quantizer into the layer before it sets that layer's result type. A quantizer whose
   every element has zero width would become a 1-bit type (values 0.5 instead of 0), and a quantizer fused into
@@ -10,6 +19,11 @@ that this module closes for quantizers of H-layers (IR layers carrying ``hgq_mas
 - With ``io_stream`` hls4ml raises for every quantizer it cannot fuse. :class:`StreamQuantizers` replaces them
   with :class:`HGQStreamQuantizer`, implemented by our header ``hgq_quantizer_stream.h``: one pack (the channels
   of one pixel) per clock cycle, each element cast to its own format.
+- The ``bit_exact`` pass narrows the sign bit and the integer bits of a tensor separately, so a signed tensor
+  cast to an unsigned type (or the reverse) can wrap with a smaller modulus than the quantizer that reads it.
+  :class:`WidenWrappedTypes` restores the integer bits ``min(produced, requested)`` of ``k + i``.
+- hls4ml pads max pooling with the value whose top bit is set: the most negative value of a signed type, but the
+  largest of an unsigned one (after ``relu``). :class:`SignedMaxPoolPadding` gives such inputs a sign bit.
 - The header is shipped in :mod:`hgq.hls_templates` and registered as custom source of both backends.
 
 Examples
@@ -27,31 +41,85 @@ from typing import Any
 
 import numpy as np
 from hls4ml.backends import get_backend
+from hls4ml.backends.fpga.passes.hgq_proxy_model import ProcessFixedPointQuantizerCall
 from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
 from hls4ml.model.flow import get_flow
-from hls4ml.model.layers import Layer, Reshape, Transpose, register_layer
-from hls4ml.model.optimizer import OptimizerPass, get_available_passes, register_pass
-from hls4ml.model.optimizer.passes.bit_exact import get_input_layers
+from hls4ml.model.layers import Input, Layer, Pooling1D, Pooling2D, Reshape, Transpose, register_layer
+from hls4ml.model.optimizer import ModelOptimizerPass, OptimizerPass, get_available_passes, register_pass
+from hls4ml.model.optimizer.passes.bit_exact import _produce_kif, _request_kif, get_input_layers, requested_kif
+from hls4ml.model.optimizer.passes.bit_exact import produce_kif as _cached_produce_kif
 from hls4ml.model.optimizer.passes.hgq_proxy_model import FixedPointQuantizer, FuseFixedPointQuantizer
+from hls4ml.model.types import FixedPrecisionType
 
 __all__ = [
     'MASK_ATTR',
+    'SIGN_DEPENDENT_ROUNDING',
+    'HGQFixedPointQuantizer',
     'HGQStreamQuantizer',
+    'request_kif',
+    'produce_kif',
     'GuardedFuseFixedPointQuantizer',
     'StreamQuantizers',
+    'SignedMaxPoolPadding',
+    'WidenWrappedTypes',
     'quantize_body',
     'register_backend_extensions',
 ]
 
 MASK_ATTR = 'hgq_mask_kbi'
+IR_CLASS = 'HGQFixedPointQuantizer'
+# Rounding modes whose result depends on the sign, so that wrapping before rounding changes it.
+SIGN_DEPENDENT_ROUNDING = ('TRN_ZERO', 'RND_ZERO', 'RND_INF')
 STREAM_HEADER = 'hgq_quantizer_stream.h'
 BACKENDS = ('Vivado', 'Vitis')
 GUARDED_FUSE_PASS = 'hgq_fuse_fixed_point_quantizer'
 STREAM_PASS = 'hgq_stream_quantizers'
+MAXPOOL_PASS = 'hgq_signed_maxpool_padding'
+WIDEN_PASS = 'hgq_widen_wrapped_types'
+
+
+class HGQFixedPointQuantizer(FixedPointQuantizer):
+    """IR layer of an H-layer's activation quantizer: hls4ml's ``FixedPointQuantizer`` with our corrections.
+
+    Attributes are those of ``FixedPointQuantizer`` (``mask_kbi``, ``SAT``, ``RND``, ``fusible``, ``overrides``)
+    and ``hgq_mask_kbi``, the masks as exported (``bit_exact`` narrows ``mask_kbi`` to what the input can hold).
+    """
+
+
+def request_kif(layer: HGQFixedPointQuantizer) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...]:
+    """The formats a quantizer needs from its input: hls4ml's rule, but the full integer range before a WRAP
+    quantizer that rounds according to the sign (wrapping first would flip the sign of some values)."""
+    ((k, i, f),) = _request_kif.dispatch(FixedPointQuantizer)(layer)
+    if layer.SAT == 'WRAP' and layer.RND in SIGN_DEPENDENT_ROUNDING:
+        k, i = np.ones_like(k), np.full_like(i, 126)
+    return ((k, i, f),)
+
+
+def produce_kif(layer: HGQFixedPointQuantizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The formats a quantizer outputs, given what its input can hold; also narrows ``layer.mask_kbi``.
+
+    Where no input value can overflow the quantizer, its integer bits shrink to the input's (plus one where
+    rounding up may carry), its fractional bits to the input's and its sign bit to the input's; elsewhere the
+    exported format is kept, for WRAP and SAT alike (a narrower SAT format would saturate to another bound).
+    """
+    k0, b0, i0 = (np.asarray(m, dtype=np.int16)[0] for m in layer.attributes[MASK_ATTR])
+    lk, li, lf = _cached_produce_kif(get_input_layers(layer)[0])
+    k, i, f, lk, li, lf = np.broadcast_arrays(k0, i0 - k0, b0 - i0, lk, li, lf)
+    carry = (lf > f) & (i > li) & ((layer.RND != 'TRN') | (k > 0))
+    top = 2.0**i - 2.0**-f
+    bottom = -top if layer.SAT == 'SAT_SYM' else -(2.0**i)
+    fits = (top >= 2.0**li - 2.0**-lf) & ((k >= lk) & (k * bottom <= lk * -(2.0**li)))
+    k = np.where(fits, np.minimum(k, lk), k).astype(np.int16)
+    i = np.where(fits, np.minimum(i, li) + carry, i).astype(np.int16)
+    f = np.where(fits, np.minimum(f, lf), f).astype(np.int16)
+    zero = k + i + f <= 0
+    k, i, f = (np.where(zero, 0, a).astype(np.int16) for a in (k, i, f))
+    layer.mask_kbi = (k[None], (k + i + f)[None], (k + i)[None])
+    return k, i, f
 
 
 def _is_ours(node: Layer) -> bool:
-    return isinstance(node, FixedPointQuantizer) and MASK_ATTR in node.attributes
+    return isinstance(node, HGQFixedPointQuantizer)
 
 
 def _element_format(k: int, b: int, i: int, rnd: str, sat: str) -> str:
@@ -154,6 +222,68 @@ def _follows_quantizer(node: Layer) -> bool:
         parent = get_input_layers(parent)[0]
 
 
+def _widen_wrapped(node: Layer) -> None:
+    precision = node.get_output_variable().type.precision
+    if not isinstance(precision, FixedPrecisionType):
+        return
+    pk, pi, _ = _cached_produce_kif(node)
+    rk, ri, _ = requested_kif(node)
+    needed = min(int(np.max(pk + pi)), int(np.max(rk + ri)))
+    if precision.integer < needed:
+        extra = needed - precision.integer
+        precision.integer += extra
+        precision.width += extra
+
+
+class WidenWrappedTypes(ModelOptimizerPass):
+    """After ``bit_exact``: give every tensor at least ``min(max(k + i) produced, max(k + i) requested)`` integer
+    bits (sign included), so that wrapping it is congruent with the wrapping of every quantizer that reads it.
+
+    hls4ml takes ``min`` of ``k`` and of ``i`` separately: a signed producer (``k = 1``, ``i = 1``) read by an
+    unsigned WRAP quantizer (``k = 0``, ``i = 2``) got 1 integer bit, wrapping modulo 2 where the quantizer wraps
+    modulo 4. Applies to graphs with our quantizers only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(WIDEN_PASS, self._transform)
+
+    @staticmethod
+    def _transform(model: Any) -> bool:
+        nodes = list(model.graph.values())
+        if not any(_is_ours(node) for node in nodes):
+            return False
+        for node in nodes:
+            if node.attributes.get('bit_exact_transformed', False) and not isinstance(node, Input):
+                _widen_wrapped(node)
+        for node in nodes:
+            node.attributes.pop('_produce_kif', None)
+            node.attributes.pop('_request_kif', None)
+        return True  # applied: not run again in this flow
+
+
+class SignedMaxPoolPadding(OptimizerPass):
+    """Give the unsigned input of a padded max pooling a sign bit, so that hls4ml's padding value is the minimum.
+
+    Values are unchanged (one more bit); only bit-exact graphs are touched.
+    """
+
+    def match(self, node: Layer) -> bool:
+        if not isinstance(node, (Pooling1D, Pooling2D)) or node.get_attr('pool_op') != 'Max':
+            return False
+        if not node.attributes.get('bit_exact_transformed', False):
+            return False
+        padded = any(node.get_attr(f'pad_{side}', 0) for side in ('top', 'bottom', 'left', 'right'))
+        precision = node.get_input_variable().type.precision
+        return padded and not getattr(precision, 'signed', True)
+
+    def transform(self, model: Any, node: Layer) -> bool:
+        precision = node.get_input_variable().type.precision
+        precision.signed = True
+        precision.width += 1
+        precision.integer += 1
+        return False
+
+
 class StreamQuantizers(OptimizerPass):
     """With ``io_stream``, replace our remaining ``FixedPointQuantizer`` layers by :class:`HGQStreamQuantizer`."""
 
@@ -196,6 +326,14 @@ class StreamQuantizerConfigTemplate(LayerConfigTemplate):
         return self.template.format(index=node.index, n_packs=prod(shape) // pack_size, pack_size=pack_size, body=body)
 
 
+class QuantizerFunctionTemplate(ProcessFixedPointQuantizerCall):
+    """io_parallel call of the per-element cast function hls4ml generates for a quantizer (also for ours)."""
+
+    def __init__(self) -> None:
+        FunctionCallTemplate.__init__(self, HGQFixedPointQuantizer, include_header=[])
+        self.template = '{namespace}::{name}<{input_t}, {output_t}>({input}, {output});'
+
+
 class StreamQuantizerFunctionTemplate(FunctionCallTemplate):
     """Call of ``hgq::quantize_stream`` for an :class:`HGQStreamQuantizer`."""
 
@@ -223,14 +361,22 @@ def register_backend_extensions() -> None:
     """Register our IR layer, passes, templates and header with hls4ml (idempotent)."""
     if GUARDED_FUSE_PASS in get_available_passes():
         return
+    register_layer(IR_CLASS, HGQFixedPointQuantizer)
     register_layer('HGQStreamQuantizer', HGQStreamQuantizer)
+    _request_kif.register(HGQFixedPointQuantizer, request_kif)
+    _produce_kif.register(HGQFixedPointQuantizer, produce_kif)
     register_pass(GUARDED_FUSE_PASS, GuardedFuseFixedPointQuantizer)
     convert_flow = get_flow('convert').optimizers
     convert_flow[convert_flow.index('fuse_fixed_point_quantizer')] = GUARDED_FUSE_PASS
+    register_pass(WIDEN_PASS, WidenWrappedTypes)
+    convert_flow.insert(convert_flow.index('bit_exact') + 1, WIDEN_PASS)
+    register_pass(MAXPOOL_PASS, SignedMaxPoolPadding)
+    convert_flow.insert(convert_flow.index('fix_input_precision') + 1, MAXPOOL_PASS)
 
     vivado = get_backend('Vivado')
     vivado.register_pass(STREAM_PASS, StreamQuantizers)
     _insert_before('vivado:optimize', 'vivado:process_fixed_point_quantizer_layer', f'vivado:{STREAM_PASS}')
+    vivado.register_template(QuantizerFunctionTemplate)
     vivado.register_template(StreamQuantizerConfigTemplate)
     vivado.register_template(StreamQuantizerFunctionTemplate)
     for name in BACKENDS:

@@ -24,6 +24,7 @@ import keras
 from hls4ml.converters.keras_v3 import layer_handlers
 
 from hgq.ebops import h_layers, layer_ebops
+from hgq.layers.base import HLayer
 from hgq.layers.pooling import HPooling
 from hgq.quantizer import ActivationQuantizer
 
@@ -135,6 +136,11 @@ def check_supported(model: keras.Model, io_type: str = 'io_parallel') -> None:
             raise ConversionError(
                 f'layer {layer.name!r} of class {key} cannot be converted: hls4ml has no handler for it. '
                 'Use H-layers (hgq.layers) and plain Flatten/Reshape/Dropout between them'
+            )
+        if layer.weights and not isinstance(layer, HLayer):
+            raise ConversionError(
+                f'layer {layer.name!r} of class {key} has weights but is not an H-layer: its float weights and '
+                'unquantized output would not be bit-exact in fixed point; use the H-layer equivalent (hgq.layers)'
             )
         problem = _stream_problem(layer) if io_type == 'io_stream' else None
         if problem:

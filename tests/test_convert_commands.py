@@ -1,0 +1,111 @@
+"""``hgq convert``: conversion from a saved model, calibration, the bit-exact check and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import hgq
+from hgq.cli import main
+from hgq.convert.commands import count_mismatches, load_data
+from hgq.layers import HDense, HQuantize
+
+RNG = np.random.default_rng(3)
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """An uncalibrated and a calibrated saved model, and input data files."""
+    root = tmp_path_factory.mktemp('commands')
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8,)), HQuantize(), HDense(6, activation='relu'), HDense(3)])
+    x = RNG.normal(size=(2000, 8)).astype('float32')
+    model.save(root / 'raw.keras')
+    hgq.calibrate(model, x)
+    model.save(root / 'calibrated.keras')
+    np.save(root / 'x.npy', x)
+    np.save(root / 'x2.npy', np.concatenate([x, 2 * x]))
+    return {'root': root, 'raw': root / 'raw.keras', 'calibrated': root / 'calibrated.keras', 'x': root / 'x.npy'}
+
+
+def test_convert_calibrated_model(saved: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    out = saved['root'] / 'prj'
+    args = ['convert', str(saved['calibrated']), '-o', str(out), '--backend', 'Vivado', '--clock-period', '4']
+    assert main(args) == 0
+    assert 'EBOPs' in capsys.readouterr().out
+    meta = json.loads((out / 'hgq_meta.json').read_text())
+    assert (meta['backend'], meta['clock_period'], meta['calibrated']) == ('Vivado', 4.0, True)
+    assert (out / 'firmware' / 'myproject.cpp').is_file()
+
+
+def test_uncalibrated_model_is_an_error(saved: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    assert main(['convert', str(saved['raw']), '-o', str(saved['root'] / 'raw_prj')]) == 2
+    assert 'not calibrated' in capsys.readouterr().err
+
+
+def test_calibration_data_calibrates_before_converting(saved: dict[str, Path]) -> None:
+    out = saved['root'] / 'cal_prj'
+    assert main(['convert', str(saved['raw']), '-o', str(out), '--calibration', str(saved['x'])]) == 0
+    assert json.loads((out / 'hgq_meta.json').read_text())['calibrated'] is True
+
+
+def test_allow_uncalibrated(saved: dict[str, Path]) -> None:
+    out = saved['root'] / 'any_prj'
+    assert main(['convert', str(saved['raw']), '-o', str(out), '--allow-uncalibrated']) == 0
+    assert json.loads((out / 'hgq_meta.json').read_text())['calibrated'] is False
+
+
+@pytest.mark.parametrize(
+    ('extra', 'message'),
+    [
+        (['--part', 'virtex-big'], 'part must be a Xilinx part name'),
+        (['--backend', 'Quartus'], 'backend must be one of'),
+        (['--io-type', 'io_serial'], 'io_type must be one of'),
+        (['--calibration', 'missing.npy'], 'data file missing.npy does not exist'),
+    ],
+)
+def test_bad_options(saved: dict[str, Path], extra: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(['convert', str(saved['calibrated']), '-o', str(saved['root'] / 'bad'), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(['convert', str(tmp_path / 'nope.keras'), '-o', str(tmp_path / 'prj')]) == 2
+    err = capsys.readouterr().err
+    assert 'hgq convert: error: model file' in err and 'does not exist' in err
+
+
+def test_unsupported_layer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = keras.Sequential([keras.Input((4,)), HQuantize(), keras.layers.Dense(2, name='float_dense')])
+    hgq.calibrate(model, RNG.normal(size=(64, 4)).astype('float32'))
+    model.save(tmp_path / 'm.keras')
+    assert main(['convert', str(tmp_path / 'm.keras'), '-o', str(tmp_path / 'prj')]) == 2
+    assert "layer 'float_dense'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_check_compiles_and_counts_no_mismatch(saved: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    x2 = saved['root'] / 'x2.npy'
+    out = saved['root'] / 'check_prj'
+    assert main(['convert', str(saved['calibrated']), '-o', str(out), '--check', str(x2)]) == 0
+    assert 'bit-exact check: 0 of 4000 samples differ from Keras (0 output values)' in capsys.readouterr().out
+
+
+def test_count_mismatches_counts_samples_and_values() -> None:
+    keras_out = [np.zeros((3, 2)), np.ones((3, 1))]
+    hls_out = [np.array([[0, 0], [0, 0.5], [0.25, 0.5]]), np.array([1.0, 1.0, 2.0])]
+    assert count_mismatches(keras_out, hls_out) == (2, 4)
+    assert count_mismatches(np.zeros((4, 2)), np.zeros(8)) == (0, 0)
+
+
+def test_load_data_formats(tmp_path: Path) -> None:
+    np.savez(tmp_path / 'two.npz', a=np.zeros((2, 3)), b=np.ones((2, 4)))
+    a, b = load_data(tmp_path / 'two.npz')
+    assert a.shape == (2, 3) and b.shape == (2, 4)
+    (tmp_path / 'x.csv').write_text('1,2')
+    with pytest.raises(ValueError, match=r'must be \.npy'):
+        load_data(tmp_path / 'x.csv')

@@ -279,3 +279,13 @@ def test_meta_file_records_ebops_and_settings(tmp_path: Path) -> None:
         True,
     )
     assert (tmp_path / 'firmware' / 'myproject.cpp').is_file()
+
+
+def test_one_quantizer_fused_per_distributed_arithmetic_kernel(tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((6,)), HQuantize(), HDense(4)])
+    hgq.calibrate(model, RNG.normal(size=(256, 6)).astype('float32'))
+    model.layers[0].input_quantizer.f.assign(np.arange(6, dtype='float32'))  # not uniform: not fused into the input
+    hls_model = hgq.to_hls(model, tmp_path, strategy='distributed_arithmetic', write=False)
+    code = str(hls_model.graph[model.layers[1].name].get_attr('da_codegen'))
+    for n in range(6):
+        assert code.count(f' model_inp_q_{n} =') == 1

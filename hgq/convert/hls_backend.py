@@ -22,6 +22,9 @@ e.g. from HGQ2 models, are left as they are):
 - The ``bit_exact`` pass narrows the sign bit and the integer bits of a tensor separately, so a signed tensor
   cast to an unsigned type (or the reverse) can wrap with a smaller modulus than the quantizer that reads it.
   :class:`WidenWrappedTypes` restores the integer bits ``min(produced, requested)`` of ``k + i``.
+- hls4ml's distributed-arithmetic backend fuses a quantizer into the DA kernel after it; a second quantizer
+  before the first (``HQuantize`` then ``HDense``) would be fused into the same kernel again, declaring its
+  variables twice. :class:`GuardedFuseQuantizerIntoDA` fuses one quantizer per kernel.
 - hls4ml pads max pooling with the value whose top bit is set: the most negative value of a signed type, but the
   largest of an unsigned one (after ``relu``). :class:`SignedMaxPoolPadding` gives such inputs a sign bit.
 - The header is shipped in :mod:`hgq.hls_templates` and registered as custom source of both backends.
@@ -43,10 +46,17 @@ import numpy as np
 from hls4ml.backends import get_backend
 from hls4ml.backends.fpga.passes.hgq_proxy_model import ProcessFixedPointQuantizerCall
 from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
+from hls4ml.backends.vivado.passes.distributed_arithmetic import FuseQuantizerIntoDALayers
 from hls4ml.model.flow import get_flow
 from hls4ml.model.layers import Input, Layer, Pooling1D, Pooling2D, Reshape, Transpose, register_layer
 from hls4ml.model.optimizer import ModelOptimizerPass, OptimizerPass, get_available_passes, register_pass
-from hls4ml.model.optimizer.passes.bit_exact import _produce_kif, _request_kif, get_input_layers, requested_kif
+from hls4ml.model.optimizer.passes.bit_exact import (
+    _produce_kif,
+    _request_kif,
+    get_input_layers,
+    get_output_layers,
+    requested_kif,
+)
 from hls4ml.model.optimizer.passes.bit_exact import produce_kif as _cached_produce_kif
 from hls4ml.model.optimizer.passes.hgq_proxy_model import FixedPointQuantizer, FuseFixedPointQuantizer
 from hls4ml.model.types import FixedPrecisionType
@@ -62,6 +72,7 @@ __all__ = [
     'StreamQuantizers',
     'SignedMaxPoolPadding',
     'WidenWrappedTypes',
+    'GuardedFuseQuantizerIntoDA',
     'quantize_body',
     'register_backend_extensions',
 ]
@@ -76,6 +87,7 @@ GUARDED_FUSE_PASS = 'hgq_fuse_fixed_point_quantizer'
 STREAM_PASS = 'hgq_stream_quantizers'
 MAXPOOL_PASS = 'hgq_signed_maxpool_padding'
 WIDEN_PASS = 'hgq_widen_wrapped_types'
+DA_FUSE_PASS = 'hgq_fuse_quantizer_into_d_a_layers'
 
 
 class HGQFixedPointQuantizer(FixedPointQuantizer):
@@ -261,6 +273,15 @@ class WidenWrappedTypes(ModelOptimizerPass):
         return True  # applied: not run again in this flow
 
 
+class GuardedFuseQuantizerIntoDA(FuseQuantizerIntoDALayers):
+    """hls4ml's fusion of a quantizer into the distributed-arithmetic kernel after it, once per kernel."""
+
+    def match(self, node: Layer) -> bool:
+        if not super().match(node):
+            return False
+        return not any('model_inp_q_' in str(n.get_attr('da_codegen', '')) for n in get_output_layers(node))
+
+
 class SignedMaxPoolPadding(OptimizerPass):
     """Give the unsigned input of a padded max pooling a sign bit, so that hls4ml's padding value is the minimum.
 
@@ -376,6 +397,9 @@ def register_backend_extensions() -> None:
     vivado = get_backend('Vivado')
     vivado.register_pass(STREAM_PASS, StreamQuantizers)
     _insert_before('vivado:optimize', 'vivado:process_fixed_point_quantizer_layer', f'vivado:{STREAM_PASS}')
+    vivado.register_pass(DA_FUSE_PASS, GuardedFuseQuantizerIntoDA)
+    optimize_flow = get_flow('vivado:optimize').optimizers
+    optimize_flow[optimize_flow.index('vivado:fuse_quantizer_into_d_a_layers')] = f'vivado:{DA_FUSE_PASS}'
     vivado.register_template(QuantizerFunctionTemplate)
     vivado.register_template(StreamQuantizerConfigTemplate)
     vivado.register_template(StreamQuantizerFunctionTemplate)

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hls4ml.converters import convert_from_keras_model
+from csim import assert_csim_bit_exact
 
 import hgq
 from hgq.convert.tables import hardware_table
@@ -174,25 +174,6 @@ def test_errors():
 # hls4ml C simulation
 
 
-def _csim(model, x_calib, tmp_path, io_type='io_parallel', scale=(1.0, 2.0)):
-    """Calibrate on ``x_calib``, compile the C simulation, and compare on ``x_calib`` times each factor."""
-    hgq.calibrate(model, x_calib)
-    hls_model = convert_from_keras_model(
-        model,
-        output_dir=str(tmp_path / 'prj'),
-        backend='Vitis',
-        io_type=io_type,
-        allow_v2_fallback=False,
-        allow_da_fallback=False,
-    )
-    hls_model.compile()
-    x = np.concatenate([x_calib * s for s in scale]).astype('float32')
-    y_keras = model.predict(x, verbose=0)
-    y_hls = hls_model.predict(x).reshape(y_keras.shape)
-    assert np.array_equal(y_keras, y_hls), f'{np.mean(y_keras != y_hls):.4%} of outputs differ'
-    return y_keras
-
-
 def _dense_model(*layers, n_in=8):
     return keras.Sequential([keras.Input((n_in,)), HQuantize(), HDense(6), *layers])
 
@@ -200,7 +181,7 @@ def _dense_model(*layers, n_in=8):
 @pytest.mark.slow
 def test_csim_tanh(tmp_path):
     model = _dense_model(HActivation('tanh'), HDense(4))
-    y = _csim(model, RNG.normal(size=(5000, 8)) * 2, tmp_path)
+    y = assert_csim_bit_exact(model, RNG.normal(size=(5000, 8)) * 2, tmp_path)
     assert np.unique(y).size > 100
 
 
@@ -208,7 +189,7 @@ def test_csim_tanh(tmp_path):
 def test_csim_user_function_unsigned_wrap_input(tmp_path):
     act = HActivation(swish_like, input_quantizer={'overflow_mode': 'WRAP', 'f_init': 4})
     model = keras.Sequential([keras.Input((8,)), HQuantize(), HDense(6, activation='relu'), act])
-    y = _csim(model, RNG.normal(size=(5000, 8)), tmp_path)
+    y = assert_csim_bit_exact(model, RNG.normal(size=(5000, 8)), tmp_path)
     assert act.table_format()[0] == 0  # relu output: unsigned table input
     assert np.unique(y).size > 20
 
@@ -216,10 +197,10 @@ def test_csim_user_function_unsigned_wrap_input(tmp_path):
 @pytest.mark.slow
 def test_csim_sigmoid_stream(tmp_path):
     model = _dense_model(HActivation('sigmoid', input_quantizer={'i_init': 2, 'f_init': 4}))
-    _csim(model, RNG.normal(size=(5000, 8)), tmp_path, io_type='io_stream')
+    assert_csim_bit_exact(model, RNG.normal(size=(5000, 8)), tmp_path, io_type='io_stream')
 
 
 @pytest.mark.slow
 def test_csim_relu(tmp_path):
     model = _dense_model(HActivation('relu'), HDense(3))
-    _csim(model, RNG.normal(size=(5000, 8)), tmp_path)
+    assert_csim_bit_exact(model, RNG.normal(size=(5000, 8)), tmp_path)

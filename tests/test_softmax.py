@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from hls4ml.converters import convert_from_keras_model
+from csim import assert_csim_bit_exact
 
 import hgq
 from hgq.fixed_point import quantize
@@ -151,29 +151,10 @@ def test_errors():
 # hls4ml C simulation
 
 
-def _csim(model, x_calib, tmp_path, io_type='io_parallel'):
-    """Calibrate on ``x_calib``, compile the C simulation, compare on ``x_calib`` and ``2 * x_calib``."""
-    hgq.calibrate(model, x_calib)
-    hls_model = convert_from_keras_model(
-        model,
-        output_dir=str(tmp_path / 'prj'),
-        backend='Vitis',
-        io_type=io_type,
-        allow_v2_fallback=False,
-        allow_da_fallback=False,
-    )
-    hls_model.compile()
-    x = np.concatenate([x_calib, 2 * x_calib]).astype('float32')
-    y_keras = model.predict(x, verbose=0)
-    y_hls = hls_model.predict(x).reshape(y_keras.shape)
-    assert np.array_equal(y_keras, y_hls), f'{np.mean(y_keras != y_hls):.4%} of outputs differ'
-    return y_keras
-
-
 @pytest.mark.slow
 def test_csim_softmax_after_dense(tmp_path):
     model = keras.Sequential([keras.Input((8,)), HQuantize(), HDense(10), HSoftmax()])
-    y = _csim(model, RNG.normal(size=(5000, 8)) * 2, tmp_path)
+    y = assert_csim_bit_exact(model, RNG.normal(size=(5000, 8)) * 2, tmp_path)
     assert np.unique(y).size > 100
 
 
@@ -181,10 +162,10 @@ def test_csim_softmax_after_dense(tmp_path):
 def test_csim_softmax_slices_wrap_input(tmp_path):
     layer = HSoftmax(input_quantizer={'overflow_mode': 'WRAP', 'f_init': 5}, output_quantizer={'f_init': 10})
     model = keras.Sequential([keras.Input((4, 6)), layer])
-    _csim(model, RNG.normal(size=(5000, 4, 6)) * 3, tmp_path)
+    assert_csim_bit_exact(model, RNG.normal(size=(5000, 4, 6)) * 3, tmp_path)
 
 
 @pytest.mark.slow
 def test_csim_softmax_stream(tmp_path):
     model = keras.Sequential([keras.Input((8,)), HQuantize(), HDense(5), HSoftmax()])
-    _csim(model, RNG.normal(size=(5000, 8)), tmp_path, io_type='io_stream')
+    assert_csim_bit_exact(model, RNG.normal(size=(5000, 8)), tmp_path, io_type='io_stream')

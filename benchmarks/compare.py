@@ -1,0 +1,232 @@
+"""Compute EBOPs of every dumped model with one common definition and write the comparison.
+
+Run in the hgq virtual environment after the training scripts::
+
+    python benchmarks/compare.py --dataset digits
+
+Writes ``benchmarks/results/<dataset>.json`` (every run and the per-setting aggregates), ``<dataset>.md`` (tables)
+and ``<dataset>.png`` (test accuracy against EBOPs, log scale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from bench_common import RESULTS_DIR, WORK_DIR, load_dump, model_ebops
+
+TOOL_ORDER = ('hgq (ours)', 'HGQ2 0.2.0', 'QKeras 0.9.0')
+STYLES = {'hgq (ours)': ('tab:red', 'o'), 'HGQ2 0.2.0': ('tab:blue', 's'), 'QKeras 0.9.0': ('tab:green', '^')}
+
+
+def collect(dataset: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Per-run records of the quantized models and of the float reference."""
+    paths = sorted((WORK_DIR / 'dumps' / dataset).glob('*.npz'))
+    if not paths:
+        raise FileNotFoundError(f'no dumps under {WORK_DIR / "dumps" / dataset}; run the training scripts first')
+    runs, floats = [], []
+    for path in paths:
+        dump = load_dump(path)
+        meta = dump['meta']
+        if meta.get('float'):
+            floats.append(meta)
+            continue
+        layers = model_ebops(dump)
+        runs.append(
+            {
+                **meta,
+                'series': series_name(meta),
+                'file': path.name,
+                'ebops': float(sum(layers)),
+                'layer_ebops': layers,
+                'input_bits_mean': [float(np.mean(b)) for b in dump['input_bits']],
+                'zero_weights': [float(np.mean(k == 0)) for k in dump['kernels']],
+            }
+        )
+    return runs, floats
+
+
+def series_name(meta: dict[str, Any]) -> str:
+    """One curve per tool; QKeras has one per activation format (integer bits of the hidden activation)."""
+    return meta['tool'] if 'act_int' not in meta else f'{meta["tool"]}, i_act={meta["act_int"]}'
+
+
+def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and standard deviation over seeds of every (tool, setting)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[run['tool'], run['config']].append(run)
+    rows = []
+    for (tool, config), members in groups.items():
+        acc = np.array([m['test_accuracy'] for m in members])
+        ebops = np.array([m['ebops'] for m in members])
+        layers = np.mean([m['layer_ebops'] for m in members], axis=0)
+        rows.append(
+            {
+                'tool': tool,
+                'series': members[0]['series'],
+                'config': config,
+                'seeds': sorted(m['seed'] for m in members),
+                'accuracy_mean': float(acc.mean()),
+                'accuracy_std': float(acc.std()),
+                'ebops_mean': float(ebops.mean()),
+                'ebops_std': float(ebops.std()),
+                'layer_ebops_mean': [float(v) for v in layers],
+                'zero_weights_mean': float(np.mean([np.mean(m['zero_weights']) for m in members])),
+                'train_seconds_mean': float(np.mean([m['train_seconds'] for m in members])),
+            }
+        )
+    mark_pareto(rows)
+    return sorted(rows, key=lambda r: (TOOL_ORDER.index(r['tool']), r['ebops_mean']))
+
+
+def mark_pareto(rows: list[dict[str, Any]]) -> None:
+    """``pareto``: no other setting (of any tool) has both fewer-or-equal EBOPs and higher-or-equal accuracy."""
+    for row in rows:
+        row['pareto'] = not any(
+            other is not row
+            and other['ebops_mean'] <= row['ebops_mean']
+            and other['accuracy_mean'] >= row['accuracy_mean']
+            and (other['ebops_mean'], other['accuracy_mean']) != (row['ebops_mean'], row['accuracy_mean'])
+            for other in rows
+        )
+
+
+def cheapest_at(rows: list[dict[str, Any]], thresholds: list[float]) -> list[dict[str, Any]]:
+    """For each tool and accuracy threshold, the setting with the fewest mean EBOPs reaching it."""
+    table = []
+    for threshold in thresholds:
+        entry: dict[str, Any] = {'accuracy_at_least': threshold}
+        for tool in TOOL_ORDER:
+            ok = [r for r in rows if r['tool'] == tool and r['accuracy_mean'] >= threshold]
+            best = min(ok, key=lambda r: r['ebops_mean']) if ok else None
+            entry[tool] = None if best is None else {'config': best['config'], 'ebops': best['ebops_mean']}
+        table.append(entry)
+    return table
+
+
+def own_ebops_check(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Largest relative difference between the common EBOPs and each tool's own count, per tool."""
+    out = {}
+    for tool in TOOL_ORDER:
+        pairs = [(r['ebops'], r['own_ebops']) for r in runs if r['tool'] == tool and 'own_ebops' in r]
+        if pairs:
+            out[tool] = max(abs(own - ours) / max(ours, 1.0) for ours, own in pairs)
+    return out
+
+
+def markdown(dataset: str, rows, floats, cheapest, check) -> str:
+    float_acc = np.array([f['test_accuracy'] for f in floats]) if floats else None
+    s = floats[0] if floats else {}
+    lines = [
+        f'# {dataset}: test accuracy against EBOPs',
+        '',
+        f'MLP {s.get("hidden", "?")} hidden units, {s.get("epochs", "?")} epochs, batch {s.get("batch_size", "?")}, '
+        f'Adam {s.get("learning_rate", "?")}; mean ± std over seeds; EBOPs from `benchmarks/bench_common.py` '
+        '(bits of each input element × MSB-to-LSB span of each quantized weight, summed over the dense layers).',
+        '',
+    ]
+    if float_acc is not None:
+        lines += [f'Float32 reference: {float_acc.mean():.4f} ± {float_acc.std():.4f} (seeds {len(float_acc)}).', '']
+    lines += [
+        '| tool | setting | test accuracy | EBOPs | EBOPs per layer | zero weights | train s/run | Pareto |',
+        '|---|---|---|---|---|---|---|---|',
+    ]
+    for r in rows:
+        per_layer = ' / '.join(f'{v:.0f}' for v in r['layer_ebops_mean'])
+        lines.append(
+            f'| {r["tool"]} | {r["config"]} | {r["accuracy_mean"]:.4f} ± {r["accuracy_std"]:.4f} '
+            f'| {r["ebops_mean"]:.0f} ± {r["ebops_std"]:.0f} | {per_layer} | {r["zero_weights_mean"]:.1%} '
+            f'| {r["train_seconds_mean"]:.1f} | {"yes" if r["pareto"] else ""} |'
+        )
+    lines += ['', '## Fewest EBOPs reaching an accuracy (mean over seeds)', '']
+    lines += ['| accuracy ≥ | ' + ' | '.join(TOOL_ORDER) + ' |', '|---|' + '---|' * len(TOOL_ORDER)]
+    for entry in cheapest:
+        cells = ['—' if entry[t] is None else f'{entry[t]["ebops"]:.0f} ({entry[t]["config"]})' for t in TOOL_ORDER]
+        lines.append(f'| {entry["accuracy_at_least"]:.2f} | ' + ' | '.join(cells) + ' |')
+    if check:
+        lines += [
+            '',
+            "Largest relative difference between the common EBOPs and the tool's own EBOPs count (HGQ2 counts its "
+            'bitwidth parameters rather than the quantized values, and adds bias terms):',
+        ]
+        lines += [f'- {tool}: {diff:.2%}' for tool, diff in check.items()]
+    return '\n'.join(lines) + '\n'
+
+
+def plot(dataset: str, runs, rows, floats, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    series = sorted({r['series'] for r in rows}, key=lambda name: (TOOL_ORDER.index(name.split(',')[0]), name))
+    for name in series:
+        tool = name.split(',')[0]
+        color, marker = STYLES[tool]
+        dashed = name != tool and not name.endswith('i_act=0')
+        mine = [r for r in runs if r['series'] == name]
+        ax.scatter(
+            [r['ebops'] for r in mine], [r['test_accuracy'] for r in mine], color=color, marker=marker, alpha=0.25, s=14
+        )
+        means = sorted((r for r in rows if r['series'] == name), key=lambda r: r['ebops_mean'])
+        ax.errorbar(
+            [r['ebops_mean'] for r in means],
+            [r['accuracy_mean'] for r in means],
+            yerr=[r['accuracy_std'] for r in means],
+            color=color,
+            marker=marker,
+            ls='--' if dashed else '-',
+            mfc='white' if dashed else color,
+            label=name,
+            capsize=2,
+        )
+    if floats:
+        ax.axhline(np.mean([f['test_accuracy'] for f in floats]), color='grey', ls='--', label='float32')
+    ax.set_xscale('log')
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}'))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel('EBOPs (common definition)')
+    ax.set_ylabel('test accuracy')
+    ax.set_title(f'{dataset}: accuracy vs EBOPs (faint: single seeds, line: mean ± std)')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--dataset', default='digits')
+    parser.add_argument('--thresholds', type=float, nargs='+', default=[0.90, 0.93, 0.95, 0.96, 0.97])
+    args = parser.parse_args()
+    runs, floats = collect(args.dataset)
+    rows = aggregate(runs)
+    cheapest = cheapest_at(rows, args.thresholds)
+    check = own_ebops_check(runs)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    result = {
+        'dataset': args.dataset,
+        'settings': rows,
+        'cheapest': cheapest,
+        'own_ebops_max_rel_diff': check,
+        'float_reference': floats,
+        'runs': runs,
+    }
+    (RESULTS_DIR / f'{args.dataset}.json').write_text(json.dumps(result, indent=1) + '\n')
+    text = markdown(args.dataset, rows, floats, cheapest, check)
+    (RESULTS_DIR / f'{args.dataset}.md').write_text(text)
+    plot(args.dataset, runs, rows, floats, RESULTS_DIR / f'{args.dataset}.png')
+    print(text)
+
+
+if __name__ == '__main__':
+    main()

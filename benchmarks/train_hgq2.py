@@ -1,0 +1,95 @@
+"""Train HGQ2 (``hgq2==0.2.0``, the successor project of the original HGQ) with a sweep of ``beta``; dump every model.
+
+HGQ2 also imports as ``hgq``, so it runs in its own virtual environment (see ``run_peers.sh``)::
+
+    /work/bench_venvs/hgq2/bin/python benchmarks/train_hgq2.py --dataset digits --betas 0 1e-6 3e-6 1e-5 3e-5
+
+Model: ``QDense(hidden, relu) -> QDense(10)`` with HGQ2's default quantizers (per-element ``kif`` WRAP input
+quantizers, per-weight ``kbi`` SAT_SYM kernel quantizers), ``beta0`` set per run. After training,
+``hgq.utils.trace_minmax`` sets the exact integer bits from the training set (HGQ2's own calibration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import keras
+import numpy as np
+from bench_common import BETAS, SETTINGS, dump_path, load_split, save_dump, seed_everything
+
+import hgq
+from hgq.config import LayerConfigScope
+from hgq.layers import QDense
+
+
+def build(n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
+    with LayerConfigScope(enable_ebops=True, beta0=beta):
+        return keras.Sequential(
+            [keras.Input((n_in,)), QDense(hidden, activation='relu'), QDense(n_out)],
+        )
+
+
+def input_widths(layer: QDense) -> np.ndarray:
+    """Width ``k + i + f`` (clipped at 0) of every input element, from the layer's input quantizer."""
+    k, i, f = (keras.ops.convert_to_numpy(v).astype(np.int64) for v in layer.iq.quantizer.kif)
+    shape = (int(layer.kernel.shape[0]),)
+    return np.maximum(np.broadcast_to(k + i + f, (1, *shape)).reshape(shape), 0)
+
+
+def run(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
+    seed_everything(seed)
+    n_classes = int(data['y_train'].max()) + 1
+    model = build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
+    model.compile(
+        keras.optimizers.Adam(settings['learning_rate']),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=['accuracy'],
+    )
+    start = time.perf_counter()
+    model.fit(
+        data['x_train'],
+        data['y_train'],
+        epochs=settings['epochs'],
+        batch_size=settings['batch_size'],
+        shuffle=True,
+        verbose=0,
+    )
+    train_s = time.perf_counter() - start
+    own_ebops = hgq.utils.trace_minmax(model, data['x_train'], batch_size=4096)
+    logits = model.predict(data['x_test'], batch_size=4096, verbose=0)
+    dense = [layer for layer in model.layers if isinstance(layer, QDense)]
+    meta = {
+        'tool': 'HGQ2 0.2.0',
+        'config': f'beta={beta:g}',
+        'beta': beta,
+        'test_accuracy': float(np.mean(np.argmax(logits, axis=-1) == data['y_test'])),
+        'train_seconds': train_s,
+        'own_ebops': float(own_ebops),
+        'seed': seed,
+        'versions': {'hgq2': hgq.__version__, 'keras': keras.__version__},
+        **settings,
+    }
+    kernels = [keras.ops.convert_to_numpy(layer.qkernel) for layer in dense]
+    save_dump(dump_path(dataset, f'hgq2_beta{beta:g}_seed{seed}'), meta, kernels, [input_widths(d) for d in dense])
+    print(f'hgq2 beta={beta:g} seed={seed}: acc {meta["test_accuracy"]:.4f}, own EBOPs {own_ebops}')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--dataset', default='digits', choices=sorted(SETTINGS))
+    parser.add_argument('--betas', type=float, nargs='+', default=list(BETAS))
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds')
+    parser.add_argument('--epochs', type=int, default=None, help='override the shared number of epochs')
+    args = parser.parse_args()
+    settings = dict(SETTINGS[args.dataset])
+    if args.epochs is not None:
+        settings['epochs'] = args.epochs
+    data = load_split(args.dataset)
+    for seed in args.seeds:
+        for beta in args.betas:
+            run(args.dataset, beta, seed, data, settings)
+
+
+if __name__ == '__main__':
+    main()

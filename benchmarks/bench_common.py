@@ -38,7 +38,7 @@ SEED = 0
 # Training settings shared by every tool, per data set: same split, model size, optimizer, epochs and batch size.
 SETTINGS = {
     'digits': {'hidden': 32, 'epochs': 60, 'batch_size': 32, 'learning_rate': 3e-3},
-    'fashion_mnist': {'hidden': 64, 'epochs': 10, 'batch_size': 128, 'learning_rate': 2e-3},
+    'fashion_mnist': {'hidden': 64, 'epochs': 15, 'batch_size': 128, 'learning_rate': 2e-3},
 }
 # beta values swept for both HGQ tools (the same numbers: both add beta * EBOPs to the loss)
 BETAS = (0.0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)

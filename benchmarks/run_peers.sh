@@ -12,7 +12,7 @@ export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 if [ "$DATASET" = digits ]; then
     BETAS="0 1e-6 3e-6 1e-5 3e-5 1e-4 3e-4"; BITS="2 3 4 6 8"; SEEDS="0 1 2"; PREP=""
 else
-    BETAS="0 1e-6 1e-5 1e-4"; BITS="3 4 6 8"; SEEDS="0"; PREP="--fashion"
+    BETAS="0 3e-7 1e-6 3e-6 1e-5 3e-5 1e-4 3e-4"; BITS="2 3 4 6 8"; SEEDS="0"; PREP="--fashion"
 fi
 
 rm -rf "$HERE/work/dumps/$DATASET"

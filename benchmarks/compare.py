@@ -128,21 +128,25 @@ def markdown(dataset: str, rows, floats, cheapest, check) -> str:
         f'# {dataset}: test accuracy against EBOPs',
         '',
         f'MLP {s.get("hidden", "?")} hidden units, {s.get("epochs", "?")} epochs, batch {s.get("batch_size", "?")}, '
-        f'Adam {s.get("learning_rate", "?")}; mean ± std over seeds; EBOPs from `benchmarks/bench_common.py` '
-        '(bits of each input element × MSB-to-LSB span of each quantized weight, summed over the dense layers).',
+        f'Adam {s.get("learning_rate", "?")}; mean ± std over training seeds (one data split); '
+        'EBOPs from `benchmarks/bench_common.py` (bits of each input element × MSB-to-LSB span of each '
+        'quantized weight, summed over the dense layers).',
         '',
     ]
     if float_acc is not None:
-        lines += [f'Float32 reference: {float_acc.mean():.4f} ± {float_acc.std():.4f} (seeds {len(float_acc)}).', '']
+        reference = spread(float_acc.mean(), float_acc.std(), len(float_acc), '.4f')
+        seeds = f'{len(float_acc)} seed' + ('s' if len(float_acc) > 1 else '')
+        lines += [f'Float32 reference (same MLP): {reference} ({seeds}).', '']
     lines += [
         '| tool | setting | test accuracy | EBOPs | EBOPs per layer | zero weights | train s/run | Pareto |',
         '|---|---|---|---|---|---|---|---|',
     ]
     for r in rows:
         per_layer = ' / '.join(f'{v:.0f}' for v in r['layer_ebops_mean'])
+        n = len(r['seeds'])
         lines.append(
-            f'| {r["tool"]} | {r["config"]} | {r["accuracy_mean"]:.4f} ± {r["accuracy_std"]:.4f} '
-            f'| {r["ebops_mean"]:.0f} ± {r["ebops_std"]:.0f} | {per_layer} | {r["zero_weights_mean"]:.1%} '
+            f'| {r["tool"]} | {r["config"]} | {spread(r["accuracy_mean"], r["accuracy_std"], n, ".4f")} '
+            f'| {spread(r["ebops_mean"], r["ebops_std"], n, ".0f")} | {per_layer} | {r["zero_weights_mean"]:.1%} '
             f'| {r["train_seconds_mean"]:.1f} | {"yes" if r["pareto"] else ""} |'
         )
     lines += ['', '## Fewest EBOPs reaching an accuracy (mean over seeds)', '']
@@ -158,6 +162,19 @@ def markdown(dataset: str, rows, floats, cheapest, check) -> str:
         ]
         lines += [f'- {tool}: {diff:.2%}' for tool, diff in check.items()]
     return '\n'.join(lines) + '\n'
+
+
+def ebops_label(value: float, _position: Any = None) -> str:
+    """Short tick label: 500, 2k, 50k, 1M."""
+    for scale, suffix in ((1e6, 'M'), (1e3, 'k')):
+        if value >= scale:
+            return f'{value / scale:g}{suffix}'
+    return f'{value:g}'
+
+
+def spread(mean: float, std: float, n: int, fmt: str) -> str:
+    """``mean ± std`` over seeds, or just the value for a single seed."""
+    return format(mean, fmt) if n < 2 else f'{mean:{fmt}} ± {std:{fmt}}'
 
 
 def plot(dataset: str, runs, rows, floats, path: Path) -> None:
@@ -193,7 +210,7 @@ def plot(dataset: str, runs, rows, floats, path: Path) -> None:
         ax.axhline(np.mean([f['test_accuracy'] for f in floats]), color='grey', ls='--', label='float32')
     ax.set_xscale('log')
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f'{value:g}'))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(ebops_label))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel('EBOPs (common definition)')
     ax.set_ylabel('test accuracy')

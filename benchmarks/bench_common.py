@@ -5,6 +5,7 @@ numpy only, so that each tool's script can import it from its own virtual enviro
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -19,6 +20,8 @@ __all__ = [
     'RESULTS_DIR',
     'SEED',
     'SETTINGS',
+    'sweep_parser',
+    'sweep_settings',
     'BETAS',
     'load_split',
     'seed_everything',
@@ -144,3 +147,20 @@ def load_dump(path: Path) -> dict[str, Any]:
             'kernels': [data[f'kernel_{i}'] for i in range(n)],
             'input_bits': [data[f'input_bits_{i}'] for i in range(n)],
         }
+
+
+def sweep_parser(description: str) -> argparse.ArgumentParser:
+    """Command-line options every training script shares (data set, seeds, epochs); scripts add their sweep."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--dataset', default='digits', choices=sorted(SETTINGS))
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds')
+    parser.add_argument('--epochs', type=int, default=None, help='override the shared number of epochs')
+    return parser
+
+
+def sweep_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The shared training settings of ``args.dataset`` (with any ``--epochs`` override) and its data split."""
+    settings = dict(SETTINGS[args.dataset])
+    if args.epochs is not None:
+        settings['epochs'] = args.epochs
+    return settings, load_split(args.dataset)

@@ -12,12 +12,11 @@ is dumped too, as the accuracy reference.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import keras
 import numpy as np
-from bench_common import BETAS, SETTINGS, dump_path, load_split, save_dump, seed_everything
+from bench_common import BETAS, dump_path, save_dump, seed_everything, sweep_parser, sweep_settings
 
 import hgq
 from hgq.layers import HDense, HQuantize
@@ -109,16 +108,10 @@ def run_float(dataset: str, seed: int, data: dict[str, np.ndarray], settings: di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--dataset', default='digits', choices=sorted(SETTINGS))
+    parser = sweep_parser(__doc__.splitlines()[0])
     parser.add_argument('--betas', type=float, nargs='+', default=list(BETAS))
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds')
-    parser.add_argument('--epochs', type=int, default=None, help='override the shared number of epochs')
     args = parser.parse_args()
-    settings = dict(SETTINGS[args.dataset])
-    if args.epochs is not None:
-        settings['epochs'] = args.epochs
-    data = load_split(args.dataset)
+    settings, data = sweep_settings(args)
     for seed in args.seeds:
         run_float(args.dataset, seed, data, settings)
         for beta in args.betas:

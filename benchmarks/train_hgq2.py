@@ -11,12 +11,11 @@ quantizers, per-weight ``kbi`` SAT_SYM kernel quantizers), ``beta0`` set per run
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import keras
 import numpy as np
-from bench_common import BETAS, SETTINGS, dump_path, load_split, save_dump, seed_everything
+from bench_common import BETAS, dump_path, save_dump, seed_everything, sweep_parser, sweep_settings
 
 import hgq
 from hgq.config import LayerConfigScope
@@ -76,16 +75,10 @@ def run(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], setti
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--dataset', default='digits', choices=sorted(SETTINGS))
+    parser = sweep_parser(__doc__.splitlines()[0])
     parser.add_argument('--betas', type=float, nargs='+', default=list(BETAS))
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds')
-    parser.add_argument('--epochs', type=int, default=None, help='override the shared number of epochs')
     args = parser.parse_args()
-    settings = dict(SETTINGS[args.dataset])
-    if args.epochs is not None:
-        settings['epochs'] = args.epochs
-    data = load_split(args.dataset)
+    settings, data = sweep_settings(args)
     for seed in args.seeds:
         for beta in args.betas:
             run(args.dataset, beta, seed, data, settings)

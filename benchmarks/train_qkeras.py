@@ -11,12 +11,11 @@ usual hls4ml/QKeras recipe. Every input element of a layer has the same width ``
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import numpy as np
-from bench_common import SETTINGS, dump_path, load_split, save_dump, seed_everything
+from bench_common import dump_path, save_dump, seed_everything, sweep_parser, sweep_settings
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -82,17 +81,11 @@ def run(dataset: str, bits: int, act_int: int, seed: int, data: dict[str, np.nda
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--dataset', default='digits', choices=sorted(SETTINGS))
+    parser = sweep_parser(__doc__.splitlines()[0])
     parser.add_argument('--bits', type=int, nargs='+', default=[3, 4, 6, 8])
     parser.add_argument('--act-int', type=int, nargs='+', default=[0, 2], help='integer bits of hidden activations')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2], help='training seeds')
-    parser.add_argument('--epochs', type=int, default=None, help='override the shared number of epochs')
     args = parser.parse_args()
-    settings = dict(SETTINGS[args.dataset])
-    if args.epochs is not None:
-        settings['epochs'] = args.epochs
-    data = load_split(args.dataset)
+    settings, data = sweep_settings(args)
     for seed in args.seeds:
         for act_int in args.act_int:
             for bits in args.bits:

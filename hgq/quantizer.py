@@ -301,6 +301,8 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         ap_fixed rounding mode, one of :data:`hgq.fixed_point.ROUND_MODES`.
     bits_l1 : float
         Weight of an L1 penalty on the bitwidths.
+    f_trainable : bool
+        Whether ``f`` is learned; ``False`` freezes the bitwidths (used by :mod:`hgq.allocate`); weights still train.
 
     Examples
     --------
@@ -319,16 +321,20 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         round_mode: str = 'RND',
         channel_axis: int = -1,
         bits_l1: float = 0.0,
+        f_trainable: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(granularity, round_mode, channel_axis, bits_l1, **kwargs)
         self.f_init = None if f_init is None else float(f_init)
         self.init_bits = float(init_bits)
+        self.f_trainable = bool(f_trainable)
 
     def build(self, weight_shape: Sequence[int]) -> None:
         var_shape = self._set_shape(weight_shape)
         f0 = self.init_bits if self.f_init is None else self.f_init
-        self.f = self.add_weight(name='f', shape=var_shape, initializer=keras.initializers.Constant(f0))
+        self.f = self.add_weight(
+            name='f', shape=var_shape, initializer=keras.initializers.Constant(f0), trainable=self.f_trainable
+        )
         super().build(weight_shape)
 
     def fit_initial_bits(self, weights: Any) -> None:
@@ -373,7 +379,7 @@ class WeightQuantizer(_FixedPointQuantizerBase):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(f_init=self.f_init, init_bits=self.init_bits)
+        config.update(f_init=self.f_init, init_bits=self.init_bits, f_trainable=self.f_trainable)
         return config
 
 

@@ -26,6 +26,7 @@ __all__ = [
     'ParetoFront',
     'ParetoPoint',
     'read_front',
+    'non_dominated',
     'log_ebops',
     'set_beta',
     'beta_update',
@@ -322,6 +323,28 @@ def _better_or_equal(a: float, b: float, side: str) -> bool:
 def _weakly_dominates(a: dict[str, float], b: dict[str, float], sides: dict[str, str]) -> bool:
     """``a`` is at least as good as ``b`` in every metric."""
     return all(_better_or_equal(a[m], b[m], side) for m, side in sides.items())
+
+
+def non_dominated(points: Sequence[ParetoPoint], sides: dict[str, str]) -> list[ParetoPoint]:
+    """The points that :class:`ParetoFront` would keep if they arrived in this order (e.g. fronts of several runs).
+
+    A point is dropped if a point kept before it is at least as good in every metric (so of equal points the first
+    stays), and it drops the kept points that it matches or beats in every metric.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> pts = [ParetoPoint(Path(f'{n}.keras'), 1, {'acc': a, 'ebops': c}) for n, a, c in
+    ...        [('a', 0.90, 100), ('b', 0.95, 300), ('c', 0.95, 200), ('d', 0.90, 100)]]
+    >>> [p.path.stem for p in non_dominated(pts, {'acc': 'max', 'ebops': 'min'})]
+    ['a', 'c']
+    """
+    front: list[ParetoPoint] = []
+    for point in points:
+        if any(_weakly_dominates(kept.values, point.values, sides) for kept in front):
+            continue
+        front = [kept for kept in front if not _weakly_dominates(point.values, kept.values, sides)] + [point]
+    return front
 
 
 def _write_json_atomic(path: Path, content: Any) -> None:

@@ -38,7 +38,7 @@ from hgq.convert import to_hls
 from hgq.datasets import Dataset, load
 from hgq.summary import layer_rows
 
-__all__ = ['run', 'train', 'select_points', 'check_model', 'write_report', 'RUNNING', 'FAILED']
+__all__ = ['run', 'train', 'select_points', 'process_point', 'check_model', 'write_report', 'RUNNING', 'FAILED']
 
 RUNNING = 'RUNNING'
 FAILED = 'FAILED'
@@ -197,9 +197,15 @@ def _evaluate(model: keras.Model, data: Dataset) -> dict[str, float]:
     return {'test_mse': float(np.mean((outputs.reshape(data.y_test.shape) - data.y_test) ** 2))}
 
 
-def _process_point(
-    point: ParetoPoint, tag: str, data: Dataset, run_dir: Path, config: RunConfig, convert: bool, say: Say
+def process_point(
+    point: ParetoPoint, tag: str, data: Dataset, run_dir: Path, config: RunConfig, convert: bool, say: Say = _quiet
 ) -> dict[str, Any]:
+    """Calibrate the checkpoint of ``point``, save it as ``run_dir/models/<tag>.keras``, and convert and check it.
+
+    Also plots its bitwidths (``run_dir/bits-<tag>.png``); the HLS project goes to ``run_dir/hls/<tag>``.
+    Returns the model's entry of ``results.json``: EBOPs after calibration, test metrics, per-layer rows and, when
+    ``convert``, the result of :func:`check_model`.
+    """
     from hgq.plot import bits as plot_bits
 
     model = keras.models.load_model(point.path)
@@ -333,7 +339,7 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
         tag = f'model{j}-epoch{point.epoch:04d}'
         values = ', '.join(f'{k} {v:.4g}' for k, v in point.values.items())
         say(f'model {j + 1}/{len(chosen)}: epoch {point.epoch} ({values})')
-        models.append(_process_point(point, tag, data, run_dir, config, convert, say))
+        models.append(process_point(point, tag, data, run_dir, config, convert, say))
     marked = [{**m['training'], 'label': m['tag'].split('-')[0]} for m in models]
     plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=history, marked=marked, title=config.name)
     results = {

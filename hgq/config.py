@@ -28,7 +28,7 @@ from typing import Any
 import keras
 
 from hgq.callbacks import INTERPOLATIONS, BetaSchedule, BetaTarget
-from hgq.convert.project import BACKENDS, IO_TYPES, STRATEGIES
+from hgq.conversion import BACKENDS, IO_TYPES, STRATEGIES
 from hgq.datasets import DATASETS
 
 __all__ = ['ConfigError', 'RunConfig', 'load_config', 'parse_config', 'build_layers', 'build_model', 'layer_types']

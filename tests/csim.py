@@ -3,14 +3,14 @@
 import numpy as np
 from hls4ml.converters import convert_from_keras_model
 
-import hgq
+import hgq.convert  # registers the converter with hls4ml
 
 
 def assert_csim_bit_exact(model, x_calib, tmp_path, io_type='io_parallel', scale=(1.0, 2.0)):
     """Calibrate on ``x_calib``, compile the C simulation, and compare on ``x_calib`` times each factor.
 
-    The conversion goes through hls4ml's own ``convert_from_keras_model`` (``import hgq`` registers our handlers),
-    so it also checks that a user's plain hls4ml script works. Returns the Keras outputs.
+    The conversion goes through hls4ml's own ``convert_from_keras_model`` (``import hgq.convert`` registers our
+    handlers), so it also checks that a user's plain hls4ml script works. Returns the Keras outputs.
     """
     hgq.calibrate(model, x_calib)
     hls_model = convert_from_keras_model(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hgq.cli import build_parser, main
+from hgq_cli import build_parser, main
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 CONFIGS = Path(__file__).resolve().parent.parent / 'configs'

@@ -202,8 +202,10 @@ def test_quantize_body_groups_packs_with_equal_formats() -> None:
         ('strategy', 'Fastest', 'strategy must be one of'),
         ('part', 'vu13p', 'part must be a Xilinx part name'),
         ('part', 'xcvu13p flga2577', 'part must be a Xilinx part name'),
-        ('clock_period', 0, 'clock_period must be a positive number'),
+        ('clock_period', 0, 'clock_period must be a finite positive number'),
+        ('clock_period', float('inf'), 'clock_period must be a finite positive number'),
         ('project_name', 'my-project', 'project_name must be a C identifier'),
+        ('project_name', 'class', "project_name 'class' is a C\\+\\+ keyword"),
     ],
 )
 def test_bad_settings_are_rejected_with_the_argument_named(setting, value, message, tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import hgq
-from hgq.cli import main
-from hgq.convert.commands import count_mismatches, load_data
+from hgq.conversion import compare_outputs
 from hgq.layers import HDense, HQuantize
+from hgq_cli import main
+from hgq_cli.common import UserError, load_data
 
 RNG = np.random.default_rng(3)
 
@@ -95,11 +96,12 @@ def test_check_compiles_and_counts_no_mismatch(saved: dict[str, Path], capsys: p
     assert 'bit-exact check: 0 of 4000 samples differ from Keras (0 output values)' in capsys.readouterr().out
 
 
-def test_count_mismatches_counts_samples_and_values() -> None:
+def test_compare_outputs_counts_samples_and_values() -> None:
     keras_out = [np.zeros((3, 2)), np.ones((3, 1))]
     hls_out = [np.array([[0, 0], [0, 0.5], [0.25, 0.5]]), np.array([1.0, 1.0, 2.0])]
-    assert count_mismatches(keras_out, hls_out) == (2, 4)
-    assert count_mismatches(np.zeros((4, 2)), np.zeros(8)) == (0, 0)
+    result = compare_outputs(keras_out, hls_out)
+    assert (result.mismatched_samples, result.mismatched_values, result.max_abs_diff) == (2, 4, 1.0)
+    assert compare_outputs(np.zeros((4, 2)), np.zeros(8)).exact
 
 
 def test_load_data_formats(tmp_path: Path) -> None:
@@ -107,5 +109,5 @@ def test_load_data_formats(tmp_path: Path) -> None:
     a, b = load_data(tmp_path / 'two.npz')
     assert a.shape == (2, 3) and b.shape == (2, 4)
     (tmp_path / 'x.csv').write_text('1,2')
-    with pytest.raises(ValueError, match=r'must be \.npy'):
+    with pytest.raises(UserError, match=r'must be \.npy'):
         load_data(tmp_path / 'x.csv')

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from hgq.cli import main
 from hgq.report import ReportError, format_json, format_table, read_report
+from hgq_cli import main
 
 FIXTURES = Path(__file__).parent / 'fixtures'
 

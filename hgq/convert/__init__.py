@@ -1,8 +1,9 @@
 """Bit-exact conversion of H-layer models to HLS C++ through hls4ml.
 
-Importing this package registers the hls4ml handlers of the H-layers and our backend extensions
-(:mod:`hgq.convert.hls_backend`); ``import hgq`` does it, so ``hls4ml.converters.convert_from_keras_model``
-converts H-layer models too. :func:`to_hls` is the checked entry point.
+Importing this package calls :func:`register`, which adds our handlers, IR layers, passes, templates and headers
+to hls4ml; after that ``hls4ml.converters.convert_from_keras_model`` converts H-layer models too. Our passes act
+only on graphs that hold our layers: plain hls4ml models convert as before. :func:`to_hls` is the checked entry
+point (``hgq.to_hls`` imports this package on first use).
 
 Examples
 --------
@@ -10,10 +11,19 @@ Examples
 >>> hls_model = hgq.to_hls(model, 'prj/', backend='Vitis', io_type='io_parallel')  # doctest: +SKIP
 """
 
-from hgq.convert import handlers, hls_backend, kernels, merging, tables
-from hgq.convert.project import ConversionError, to_hls
+from hgq.conversion import CheckResult, ConversionError, ConversionSettings, check_bit_exact
+from hgq.convert.project import check_output_dir, read_meta, to_hls
+from hgq.convert.registry import register
 
-hls_backend.register_backend_extensions()
-tables.register_table_layers()
+register()
 
-__all__ = ['handlers', 'hls_backend', 'kernels', 'merging', 'tables', 'to_hls', 'ConversionError']
+__all__ = [
+    'register',
+    'to_hls',
+    'ConversionError',
+    'ConversionSettings',
+    'CheckResult',
+    'check_bit_exact',
+    'check_output_dir',
+    'read_meta',
+]

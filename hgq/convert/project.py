@@ -12,10 +12,12 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import shutil
 from collections.abc import Iterator
-from importlib.util import find_spec
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,71 +25,28 @@ import hls4ml
 import keras
 from hls4ml.converters.keras_v3 import layer_handlers
 
+from hgq._version import __version__
+from hgq.conversion import ConversionError, ConversionSettings
+from hgq.convert.registry import register
 from hgq.ebops import h_layers, layer_ebops
+from hgq.fileio import write_text_atomic
 from hgq.layers.base import HLayer
 from hgq.layers.pooling import HPooling
 from hgq.quantizer import ActivationQuantizer
 
 __all__ = [
-    'BACKENDS',
-    'IO_TYPES',
-    'STRATEGIES',
     'META_FILE',
     'ConversionError',
+    'ConversionSettings',
     'to_hls',
     'check_calibrated',
     'uncalibrated_quantizers',
     'check_supported',
-    'check_settings',
+    'check_output_dir',
     'read_meta',
 ]
 
-BACKENDS = ('Vivado', 'Vitis')
-IO_TYPES = ('io_parallel', 'io_stream')
-STRATEGIES = ('Latency', 'Resource', 'distributed_arithmetic')
 META_FILE = 'hgq_meta.json'
-# Xilinx part names: 'xc' + family/device, then '-'-separated package, speed grade and temperature fields,
-# e.g. xcvu13p-flga2577-2-e, xcu250-figd2104-2L-e, xc7z020clg400-1.
-PART_PATTERN = re.compile(r'^xc[a-z0-9]+(-[a-z0-9]+)*$', re.IGNORECASE)
-
-
-class ConversionError(ValueError):
-    """A model or a setting that cannot be converted bit-exactly; the message says what and how to fix it."""
-
-
-def _canonical(value: str, choices: tuple[str, ...], what: str) -> str:
-    for choice in choices:
-        if isinstance(value, str) and value.lower() == choice.lower():
-            return choice
-    raise ConversionError(f'{what} must be one of {choices}, got {value!r}')
-
-
-def check_settings(
-    backend: str, part: str, clock_period: float, io_type: str, strategy: str, project_name: str
-) -> dict[str, Any]:
-    """Validate the conversion settings; return them with canonical spelling (``'vitis'`` -> ``'Vitis'``).
-
-    Examples
-    --------
-    >>> check_settings('vitis', 'xcvu13p-flga2577-2-e', 5, 'io_parallel', 'latency', 'myproject')['backend']
-    'Vitis'
-    """
-    settings = {
-        'backend': _canonical(backend, BACKENDS, 'backend'),
-        'io_type': _canonical(io_type, IO_TYPES, 'io_type'),
-        'strategy': _canonical(strategy, STRATEGIES, 'strategy'),
-    }
-    if not isinstance(part, str) or not PART_PATTERN.match(part):
-        raise ConversionError(
-            f'part must be a Xilinx part name such as xcvu13p-flga2577-2-e or xc7z020clg400-1, got {part!r}'
-        )
-    if isinstance(clock_period, bool) or not isinstance(clock_period, int | float) or not clock_period > 0:
-        raise ConversionError(f'clock_period must be a positive number of ns, got {clock_period!r}')
-    if not isinstance(project_name, str) or not project_name.isidentifier():
-        raise ConversionError(f'project_name must be a C identifier (letters, digits, _), got {project_name!r}')
-    if settings['strategy'] == 'distributed_arithmetic' and find_spec('da4ml') is None:
-        raise ConversionError("strategy='distributed_arithmetic' needs the da4ml package: pip install 'hgq-fpga[da]'")
-    return {**settings, 'part': part, 'clock_period': clock_period, 'project_name': project_name}
 
 
 def _wrap_quantizers(model: keras.Model) -> Iterator[ActivationQuantizer]:
@@ -155,14 +114,26 @@ def _hls_config(strategy: str, user: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def read_meta(output_dir: str | Path) -> dict[str, Any] | None:
-    """The ``hgq_meta.json`` that :func:`to_hls` wrote into a project directory, or ``None``."""
+    """The ``hgq_meta.json`` that :func:`to_hls` wrote into a project directory, or ``None`` if there is none.
+
+    Raises
+    ------
+    ConversionError
+        If the file is not a JSON object (corrupt or edited by hand); the message names the file.
+    """
     path = Path(output_dir) / META_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConversionError(f'{path} is not valid JSON ({err}); delete it or convert the model again') from None
+    if not isinstance(meta, dict):
+        raise ConversionError(f'{path} must hold a JSON object, got {type(meta).__name__}')
+    return meta
 
 
-def _write_meta(model: keras.Model, output_dir: str, settings: dict[str, Any], calibrated: bool) -> None:
-    from hgq import __version__
-
+def _write_meta(model: keras.Model, output_dir: Path, settings: ConversionSettings, calibrated: bool) -> None:
     per_layer = layer_ebops(model)
     meta = {
         'model': model.name,
@@ -170,24 +141,69 @@ def _write_meta(model: keras.Model, output_dir: str, settings: dict[str, Any], c
         'layer_ebops': per_layer,
         'calibrated': calibrated,
         'hgq_version': __version__,
-        **settings,
+        **settings.to_dict(),
     }
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(output_dir) / META_FILE).write_text(json.dumps(meta, indent=2) + '\n')
+    write_text_atomic(output_dir / META_FILE, json.dumps(meta, indent=2) + '\n')
+
+
+def _existing_project(output_dir: Path) -> str | None:
+    """The project name of an hls4ml project in ``output_dir`` (from ``hgq_meta.json`` or ``project.tcl``)."""
+    meta = output_dir / META_FILE
+    if meta.is_file():
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            name = json.loads(meta.read_text()).get('project_name')
+            if isinstance(name, str):
+                return name
+    script = output_dir / 'project.tcl'
+    if script.is_file():
+        found = re.search(r'^set project_name "?(\w+)"?', script.read_text(errors='replace'), flags=re.MULTILINE)
+        return found.group(1) if found else '?'
+    return None
+
+
+def check_output_dir(output_dir: str | Path, project_name: str, overwrite: bool = False) -> Path:
+    """Make sure ``output_dir`` can receive the project ``project_name``; return it as a ``Path``.
+
+    A directory holding an hls4ml project of another name is refused (the two projects' files would mix)
+    unless ``overwrite``, which deletes that directory's content first. Rewriting a project of the same name
+    in place is allowed. A path blocked by a file or not writable is refused.
+
+    Raises
+    ------
+    ConversionError
+        Naming the directory and the problem.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConversionError(f'output directory {output_dir} is a file, not a directory')
+    existing = _existing_project(output_dir) if output_dir.is_dir() else None
+    if existing is not None and existing != project_name:
+        if not overwrite:
+            raise ConversionError(
+                f'output directory {output_dir} holds the hls4ml project {existing!r}; writing {project_name!r} '
+                "into it would mix the two projects' files: choose another directory, or pass overwrite=True "
+                '(hgq convert --overwrite) to delete its content first'
+            )
+        shutil.rmtree(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / '.hgq-write-test'
+        probe.write_text('')
+        probe.unlink()
+    except OSError as err:
+        raise ConversionError(f'output directory {output_dir} is not writable: {err.strerror or err}') from None
+    return output_dir
 
 
 def to_hls(
     model: keras.Model,
     output_dir: str | Path,
-    backend: str = 'Vitis',
-    part: str = 'xcvu13p-flga2577-2-e',
-    clock_period: float = 5,
-    io_type: str = 'io_parallel',
-    strategy: str = 'Latency',
-    project_name: str = 'myproject',
+    settings: ConversionSettings | None = None,
+    *,
     allow_uncalibrated: bool = False,
+    overwrite: bool = False,
     write: bool = True,
-    **hls4ml_kwargs: Any,
+    **kwargs: Any,
 ) -> Any:
     """Convert an H-layer model to an hls4ml ``ModelGraph`` that computes exactly what the model computes.
 
@@ -201,24 +217,20 @@ def to_hls(
         with :func:`hgq.calibrate`.
     output_dir : str or Path
         Project directory; ``hgq_meta.json`` (EBOPs and settings, read by ``hgq report``) is written there.
-    backend : {'Vitis', 'Vivado'}
-        hls4ml backend.
-    part : str
-        Xilinx FPGA part, e.g. ``'xcvu13p-flga2577-2-e'``.
-    clock_period : float
-        Target clock period in ns.
-    io_type : {'io_parallel', 'io_stream'}
-        Whole tensors per call, or streams of packed channels (CNNs; quantizers per channel or per tensor).
-    strategy : {'Latency', 'Resource', 'distributed_arithmetic'}
-        hls4ml strategy of every layer; ``distributed_arithmetic`` (da4ml) builds shift-add logic.
-    project_name : str
-        Name of the top function and HLS project.
+        A directory holding a project of another name is refused unless ``overwrite``.
+    settings : ConversionSettings, optional
+        Backend, part, clock period, io_type, strategy and project name (:class:`hgq.conversion.ConversionSettings`,
+        whose defaults apply to what is not given).
     allow_uncalibrated : bool
         Convert even if WRAP-mode quantizers were not calibrated (their ranges may not hold the data).
+    overwrite : bool
+        Delete the content of ``output_dir`` first if it holds an hls4ml project of another name.
     write : bool
         Write the project files now (``compile()`` writes them anyway).
-    **hls4ml_kwargs
-        Passed to ``hls4ml.converters.convert_from_keras_model``; an ``hls_config`` dict is merged over ours.
+    **kwargs
+        Settings by name (``backend='Vivado'``, ``io_type='io_stream'``...; they replace those of ``settings``);
+        anything else goes to ``hls4ml.converters.convert_from_keras_model`` (an ``hls_config`` dict is merged
+        over ours).
 
     Returns
     -------
@@ -228,30 +240,41 @@ def to_hls(
     Raises
     ------
     ConversionError
-        For a bad setting, an uncalibrated model or an unsupported layer.
+        For a bad setting, an uncalibrated model, an unsupported layer or an unusable output directory, before
+        anything is written.
+
+    Examples
+    --------
+    >>> hls_model = hgq.to_hls(model, 'prj/', io_type='io_stream', clock_period=4)  # doctest: +SKIP
     """
-    settings = check_settings(backend, part, clock_period, io_type, strategy, project_name)
+    named = {key: kwargs.pop(key) for key in ConversionSettings.field_names() if key in kwargs}
+    settings = replace(settings or ConversionSettings(), **named)
     if not model.built:
         raise ConversionError(f'model {model.name!r} is not built; give it an Input or call it on data first')
-    check_supported(model, settings['io_type'])
+    check_supported(model, settings.io_type)
     if not allow_uncalibrated:
         check_calibrated(model)
-    hls_config = _hls_config(settings['strategy'], hls4ml_kwargs.pop('hls_config', None))
+    output_dir = check_output_dir(output_dir, settings.project_name, overwrite)
+    hls_config = _hls_config(settings.strategy, kwargs.pop('hls_config', None))
+    register()
     hls_model = hls4ml.converters.convert_from_keras_model(
         model,
         output_dir=str(output_dir),
-        project_name=settings['project_name'],
-        backend=settings['backend'],
-        part=settings['part'],
-        clock_period=settings['clock_period'],
-        io_type=settings['io_type'],
+        project_name=settings.project_name,
+        backend=settings.backend,
+        part=settings.part,
+        clock_period=settings.clock_period,
+        io_type=settings.io_type,
         hls_config=hls_config,
         bit_exact=True,
         allow_v2_fallback=False,
         allow_da_fallback=False,
-        **hls4ml_kwargs,
+        **kwargs,
     )
     if write:
-        hls_model.write()
-    _write_meta(model, str(output_dir), settings, calibrated=not uncalibrated_quantizers(model))
+        try:
+            hls_model.write()
+        except OSError as err:
+            raise ConversionError(f'could not write the project into {output_dir}: {err}') from None
+    _write_meta(model, output_dir, settings, calibrated=not uncalibrated_quantizers(model))
     return hls_model

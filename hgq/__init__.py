@@ -25,7 +25,7 @@ from hgq.summary import summary
 
 __all__ = ['fixed_point', 'quantizer', 'layers', 'convert', 'calibrate', 'ebops', 'layer_ebops', '__version__']
 __all__ += ['callbacks', 'datasets', 'plot', 'summary']
-__all__ += ['to_hls']
+__all__ += ['to_hls', 'synth']
 
 _LAZY_MODULES = ('callbacks', 'convert', 'datasets', 'plot')
 
@@ -40,6 +40,20 @@ def to_hls(model: Any, output_dir: Any, settings: Any = None, **kwargs: Any) -> 
     from hgq.convert import to_hls as convert_to_hls
 
     return convert_to_hls(model, output_dir, settings, **kwargs)
+
+
+def synth(model: Any, out_dir: Any, check: Any = None, part_family: str = 'xcup', **kwargs: Any) -> dict[str, Any]:
+    """Trace a calibrated model to Verilog, check it bit for bit and synthesize it with yosys: :func:`hgq.rtl.synth`.
+
+    Imports da4ml on first use; writes ``out_dir/synth.json`` (LUTs, FFs, carry chains, DSPs, depth, EBOPs).
+
+    Examples
+    --------
+    >>> result = hgq.synth(model, 'synth_out/')  # doctest: +SKIP
+    """
+    from hgq.rtl import synth as rtl_synth
+
+    return rtl_synth(model, out_dir, check=check, part_family=part_family, **kwargs)
 
 
 def __getattr__(name: str) -> Any:

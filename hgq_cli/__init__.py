@@ -68,6 +68,7 @@ COMMANDS: tuple[Command, ...] = (
     Command('summary', 'hgq_cli.summary', 'per-layer bits, pruning and EBOPs of a saved model'),
     Command('convert', 'hgq_cli.convert', 'convert a .keras model of H-layers to an hls4ml HLS project'),
     Command('report', 'hgq_cli.report', 'latency, II and resources of a synthesized project, with EBOPs'),
+    Command('synth', 'hgq.rtl.command', 'trace a model to Verilog, check it bit-exact (iverilog), LUTs from yosys'),
 )
 
 

@@ -1,0 +1,224 @@
+"""``hgq.synth`` / ``hgq synth``: traced logic, real Verilog simulation (iverilog) and real synthesis (yosys).
+
+Models get random bitwidths (negative fractional bits, pruned elements) and are calibrated on normal samples;
+the check inputs are half inside and half far beyond the calibrated range, so WRAP quantizers overflow in every
+layer. The Verilog must equal ``model.predict`` with ``np.array_equal``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import hgq
+from hgq.layers import (
+    HActivation,
+    HAdd,
+    HAveragePooling2D,
+    HBatchNormalization,
+    HConcatenate,
+    HConv1D,
+    HConv2D,
+    HConv2DBatchNorm,
+    HDense,
+    HDenseBatchNorm,
+    HGlobalAveragePooling1D,
+    HLayer,
+    HMaxPooling1D,
+    HMaxPooling2D,
+    HMultiply,
+    HQuantize,
+    HSoftmax,
+    HSubtract,
+)
+from hgq.quantizer import ActivationQuantizer
+
+pytestmark = pytest.mark.skipif(
+    shutil.which('yosys') is None or shutil.which('iverilog') is None,
+    reason='needs yosys and iverilog (apt-get install yosys iverilog)',
+)
+
+rtl = pytest.importorskip('hgq.rtl')
+N_CHECK = 2000
+
+
+def randomize_bits(model: keras.Model, seed: int, act_f=(-1, 5), weight_f=(1, 4), prune=0.1) -> None:
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if not isinstance(layer, HLayer):
+            continue
+        for q in layer.quantizers:
+            low, high = act_f if isinstance(q, ActivationQuantizer) else weight_f
+            f = rng.integers(low, high + 1, q.f.shape).astype('float32')
+            if q.f.shape.num_elements() > 1:
+                f = np.where(rng.random(q.f.shape) < prune, -16.0, f)
+            q.f.assign(f)
+            if isinstance(q, ActivationQuantizer) and not q.tracks_range:
+                q.i.assign(rng.integers(0, 3, q.i.shape).astype('float32'))
+
+
+def _calibrated(model: keras.Model, seed: int = 0) -> keras.Model:
+    randomize_bits(model, seed)
+    rng = np.random.default_rng(seed + 1)
+    hgq.calibrate(model, rng.normal(size=(4000, *model.inputs[0].shape[1:])).astype('float32'))
+    return model
+
+
+def _mlp() -> keras.Model:
+    return keras.Sequential([
+        keras.Input((8,)),
+        HQuantize(),
+        HDense(12, activation='relu'),
+        HDenseBatchNorm(8, activation='relu'),
+        HDense(4),
+    ])  # fmt: skip
+
+
+def _assert_exact_and_informative(model: keras.Model, traced, x: np.ndarray, y_rtl: np.ndarray) -> None:
+    y = model.predict(x, verbose=0)
+    assert y_rtl.shape == y.shape
+    assert np.array_equal(y_rtl, y), f'{np.sum(y_rtl != y)} of {y.size} values differ'
+    assert len(np.unique(y)) > 20 and np.mean(y != 0) > 0.2
+
+
+@pytest.fixture(scope='module')
+def mlp_result(tmp_path_factory: pytest.TempPathFactory) -> tuple[keras.Model, dict, Path]:
+    model = _calibrated(_mlp())
+    out = tmp_path_factory.mktemp('mlp')
+    return model, hgq.synth(model, out, check=N_CHECK, verbose=False), out
+
+
+def test_synth_writes_rtl_checks_it_and_counts_luts(mlp_result) -> None:
+    model, result, out = mlp_result
+    assert result['mismatches'] == 0 and result['n_checked'] == N_CHECK
+    assert json.loads((out / 'synth.json').read_text()) == result
+    assert result['lut'] > 20 and result['carry'] > 0 and result['dsp'] == 0 and result['ff'] == 0
+    assert result['depth'] > 0 and result['estimate_lut'] > 0
+    assert result['ebops'] == pytest.approx(hgq.ebops(model))
+    assert (out / 'rtl' / 'src' / 'hgq_model_wrapper.v').is_file()
+    # yosys and da4ml agree on the order of magnitude (the tracer's estimate is not the measurement)
+    assert 0.5 < result['lut'] / result['estimate_lut'] < 2
+
+
+def test_probe_inputs_overflow_the_calibrated_range(mlp_result) -> None:
+    model = mlp_result[0]
+    x = rtl.probe_inputs(model, 1000)
+    q = model.layers[0].input_quantizer
+    k, i, f = q.kif()
+    inside, beyond = x[:500], x[500:]
+    assert np.all(inside >= keras.ops.convert_to_numpy(q.vmin)) and np.all(inside <= keras.ops.convert_to_numpy(q.vmax))
+    assert np.mean((beyond > 2.0**i) | (beyond < -(2.0**i) * k)) > 0.3
+
+
+def _cnn() -> keras.Model:
+    """Conv 1D/2D (same/valid, strides, batch norm), every pooling, every merge, relu, reshapes: one output."""
+    inp = keras.Input((6, 6, 2))
+    h = HQuantize()(inp)
+    h = HConv2D(3, 3, padding='same', activation='relu')(h)
+    a = HMaxPooling2D(2, padding='same', strides=1)(h)
+    b = HConv2DBatchNorm(3, 2, strides=2)(h)
+    a = HAveragePooling2D(2)(a)
+    s = HAdd()([keras.layers.Flatten()(a), keras.layers.Flatten()(b)])
+    m = HMultiply()([s, HSubtract()([s, keras.layers.Flatten()(b)])])
+    cat = HConcatenate()([m, HBatchNormalization()(s)])
+    seq = keras.layers.Reshape((6, 4))(HActivation('relu')(cat))
+    c = HConv1D(4, 3, activation='relu')(seq)
+    c = HGlobalAveragePooling1D()(HMaxPooling1D(2, strides=1, padding='same')(c))
+    return keras.Model(inp, HDense(3)(HConcatenate()([c, keras.layers.Flatten()(a)])))
+
+
+def test_conv_pool_merge_layers_simulate_bit_exact(tmp_path: Path) -> None:
+    model = _calibrated(_cnn(), seed=3)
+    traced = rtl.trace_model(model)
+    x = rtl.probe_inputs(model, N_CHECK, seed=1)
+    rtl.verilog.write_verilog(traced, tmp_path, 'cnn')
+    y_rtl = rtl.verilog.simulate(traced, tmp_path, 'cnn', x)
+    _assert_exact_and_informative(model, traced, x, y_rtl)
+    assert np.array_equal(traced.predict(x), y_rtl)  # da4ml's interpreter agrees with the Verilog
+
+
+def test_saturating_truncating_first_quantizer_and_loaded_functional_model(tmp_path: Path) -> None:
+    inp = keras.Input((10,))
+    h = HQuantize(input_quantizer={'overflow_mode': 'SAT', 'round_mode': 'TRN'})(inp)
+    h = HDense(6, activation='relu', input_quantizer={'granularity': 'channel', 'overflow_mode': 'SAT_SYM'})(h)
+    model = _calibrated(keras.Model(inp, HDense(3, input_quantizer={'round_mode': 'TRN'})(h)), seed=5)
+    model.save(tmp_path / 'm.keras')
+    loaded = keras.models.load_model(tmp_path / 'm.keras')
+    traced = rtl.trace_model(loaded)
+    assert set(traced.input_overflow) == {'SAT'}
+    x = rtl.probe_inputs(loaded, N_CHECK, seed=2)
+    rtl.verilog.write_verilog(traced, tmp_path / 'rtl', 'sat')
+    _assert_exact_and_informative(loaded, traced, x, rtl.verilog.simulate(traced, tmp_path / 'rtl', 'sat', x))
+
+
+@pytest.mark.parametrize(
+    ('layer', 'message'),
+    [
+        (lambda: HActivation('tanh', name='tanh_table'), "'tanh_table' (HActivation('tanh'))"),
+        (lambda: HSoftmax(name='probs'), "'probs' (HSoftmax)"),
+        (lambda: HDense(3, input_quantizer={'round_mode': 'RND_CONV'}, name='conv_round'), "'conv_round'"),
+        (lambda: keras.layers.LayerNormalization(name='ln'), "'ln' (LayerNormalization)"),
+    ],
+)
+def test_layer_the_tracer_cannot_express_is_named_before_any_work(tmp_path: Path, layer, message: str) -> None:
+    model = keras.Sequential([keras.Input((4,)), HQuantize(), HDense(4), layer()])
+    hgq.calibrate(model, np.random.default_rng(0).normal(size=(64, 4)).astype('float32'))
+    with pytest.raises(rtl.TraceError, match=message.replace('(', r'\(').replace(')', r'\)')):
+        hgq.synth(model, tmp_path / 'out', verbose=False)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_uncalibrated_model_is_refused(tmp_path: Path) -> None:
+    model = _mlp()
+    with pytest.raises(rtl.TraceError, match='not calibrated'):
+        hgq.synth(model, tmp_path, verbose=False)
+
+
+def test_float32_keras_inexactness_is_reported_as_mismatches(tmp_path: Path) -> None:
+    """Wide accumulations that float32 cannot hold: the exact Verilog differs from Keras, and synth says so."""
+    model = keras.Sequential([
+        keras.Input((16,)),
+        HQuantize(input_quantizer={'f_init': 22, 'f_trainable': False}),
+        HDense(4, kernel_quantizer={'f_init': 14}),
+    ])  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(500, 16)).astype('float32') * 100
+    hgq.calibrate(model, x)
+    result = hgq.synth(model, tmp_path, check=x, run_yosys=False, verbose=False)
+    assert result['n_checked'] == 500 and result['mismatches'] > 0 and result['lut'] is None
+
+
+# -- command line ---------------------------------------------------------------------------------------------------
+
+
+def test_cli_synth_json_and_exit_codes(mlp_result, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from hgq_cli import main
+
+    model = mlp_result[0]
+    model.save(tmp_path / 'mlp.keras')
+    x = rtl.probe_inputs(model, 300, seed=9)
+    np.save(tmp_path / 'x.npy', x)
+    args = [str(tmp_path / 'mlp.keras'), '-o', str(tmp_path / 'out'), '--check', str(tmp_path / 'x.npy')]
+    status = main(['synth', *args, '--json', '--no-yosys'])
+    printed = json.loads(capsys.readouterr().out)
+    assert status == 0 and printed['mismatches'] == 0 and printed['n_checked'] == 300
+    assert printed == json.loads((tmp_path / 'out' / 'synth.json').read_text())
+
+    tanh = keras.Sequential([keras.Input((4,)), HQuantize(), HActivation('tanh', name='tanh_table')])
+    hgq.calibrate(tanh, x[:, :4])
+    tanh.save(tmp_path / 'tanh.keras')
+    assert main(['synth', str(tmp_path / 'tanh.keras'), '-o', str(tmp_path / 'out2')]) == 2
+    assert "'tanh_table'" in capsys.readouterr().err
+
+
+def test_missing_yosys_says_how_to_install_it(mlp_result, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = mlp_result[0]
+    monkeypatch.setenv('PATH', str(tmp_path))  # no executables at all
+    with pytest.raises(rtl.ToolNotFoundError, match='apt-get install yosys'):
+        hgq.synth(model, tmp_path / 'out', check=False, verbose=False)
+    with pytest.raises(rtl.ToolNotFoundError, match='apt-get install iverilog'):
+        hgq.synth(model, tmp_path / 'out', run_yosys=False, verbose=False)

@@ -69,6 +69,7 @@ COMMANDS: tuple[Command, ...] = (
     Command('convert', 'hgq_cli.convert', 'convert a .keras model of H-layers to an hls4ml HLS project'),
     Command('report', 'hgq_cli.report', 'latency, II and resources of a synthesized project, with EBOPs'),
     Command('synth', 'hgq.rtl.command', 'trace a model to Verilog, check it bit-exact (iverilog), LUTs from yosys'),
+    Command('sweep', 'hgq_cli.sweep', 'train a grid of configurations on Ray, merge their Pareto fronts, export'),
 )
 
 

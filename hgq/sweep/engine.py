@@ -122,13 +122,13 @@ def _drive(
             on_done(job, value)
 
 
-def _connect(address: str | None) -> bool:
+def _connect(address: str | None, num_cpus: int | None) -> bool:
     """Initialize Ray (local without ``address``) unless it is already; returns whether this call started it."""
     ray = import_ray()
     if ray.is_initialized():
         return False
     if address is None:
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
     return True
@@ -365,6 +365,7 @@ def sweep(
     gpus_per_trial: float = 0,
     convert: bool = True,
     retries: int = 1,
+    num_cpus: int | None = None,
     print_fn: Say = print,
 ) -> dict[str, Any]:
     """Train every grid point of ``config`` as a Ray task, merge the Pareto fronts, and export the best models.
@@ -389,6 +390,8 @@ def sweep(
         front as ``hgq run`` picks them from its front); ``False`` stops after calibration.
     retries : int
         How many times a failed trial or export runs again (default once).
+    num_cpus : int, optional
+        CPUs of the local Ray (default all of this machine's); not with ``address``.
     print_fn : callable
         Where progress lines go.
 
@@ -409,6 +412,8 @@ def sweep(
     axes = [axis if isinstance(axis, GridAxis) else parse_axis(axis) for axis in grid]
     if max_parallel is not None and max_parallel < 1:
         raise ValueError(f'max_parallel: expected a positive integer, got {max_parallel}')
+    if num_cpus is not None and (address is not None or num_cpus < 1):
+        raise ValueError(f'num_cpus: a positive number of CPUs for a local Ray (no address), got {num_cpus}')
     if not cpus_per_trial > 0 or gpus_per_trial < 0 or retries < 0:
         raise ValueError(
             f'expected cpus_per_trial > 0, gpus_per_trial >= 0 and retries >= 0, got {cpus_per_trial}, '
@@ -433,7 +438,7 @@ def sweep(
     _write_json(run.directory / 'sweep.json', {'config_file': str(config), 'base': base.to_dict(), 'grid': grid_json})
     n_done = run.count('done')
     run.say(f'{len(trials)} trials in {run.directory}: {n_done} finished before, {len(trials) - n_done} to run')
-    started = _connect(address)
+    started = _connect(address, num_cpus)
     try:
         run.run_trials()
         results = run.export(convert)

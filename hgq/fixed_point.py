@@ -36,7 +36,15 @@ __all__ = [
     'minimal_kif',
     'fixed_type_string',
     'check_modes',
+    'FLOAT32_SIGNIFICAND_BITS',
+    'float32_exact',
 ]
+
+# Keras computes in float32: 24 significant bits. The smallest step it keeps is 2**-126 (TensorFlow flushes
+# subnormal numbers to zero), the largest magnitude just below 2**128.
+FLOAT32_SIGNIFICAND_BITS = 24
+FLOAT32_MIN_EXPONENT = -126
+FLOAT32_MAX_EXPONENT = 128
 
 
 def check_modes(round_mode: str, overflow_mode: str) -> None:
@@ -45,6 +53,45 @@ def check_modes(round_mode: str, overflow_mode: str) -> None:
         raise ValueError(f'round_mode must be one of {ROUND_MODES}, got {round_mode!r}')
     if overflow_mode not in OVERFLOW_MODES:
         raise ValueError(f'overflow_mode must be one of {OVERFLOW_MODES}, got {overflow_mode!r}')
+
+
+def float32_exact(max_abs: Any, f: Any) -> np.ndarray:
+    """Whether float32 holds exactly every multiple of ``2**-f`` whose magnitude is at most ``max_abs``.
+
+    This is the condition under which Keras's float32 arithmetic computes what the fixed-point firmware computes:
+    a value ``m * 2**-f`` is exact in float32 iff ``|m| <= 2**24`` (24 significant bits), ``2**-f`` is not below
+    the smallest normal float32 (``f <= 126``) and the value is below float32's largest magnitude (``2**128``).
+    A fixed-point format ``(k, i, f)`` holds magnitudes up to ``2**i``, so it is exact iff ``i + f <= 24``
+    (``float32_exact(2.0**i, f)``), whatever ``k``. A sum of products (an accumulator) is exact iff every partial
+    sum is: ``max_abs`` is then the largest possible sum of magnitudes and ``f`` the finest step of any term.
+
+    Parameters
+    ----------
+    max_abs : array_like
+        Largest magnitude of the values (0 for values that are always zero).
+    f : array_like
+        Fractional bits of their common step ``2**-f`` (``-inf`` for values that are always zero).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        Broadcast shape of the inputs; ``False`` also for non-finite ``max_abs``.
+
+    Examples
+    --------
+    >>> float32_exact(2.0**8, 16).item(), float32_exact(2.0**8, 17).item()   # formats with i + f = 24 and 25
+    (True, False)
+    >>> float32_exact(0.0, 40).item()   # always zero
+    True
+    """
+    max_abs = np.asarray(max_abs, dtype=np.float64)
+    f = np.asarray(f, dtype=np.float64)
+    zero = max_abs == 0
+    with np.errstate(over='ignore', invalid='ignore'):
+        codes = max_abs * np.exp2(np.where(zero, 0.0, f))
+        fits = (codes <= 2.0**FLOAT32_SIGNIFICAND_BITS) & (f <= -FLOAT32_MIN_EXPONENT)
+        fits &= max_abs < 2.0**FLOAT32_MAX_EXPONENT
+    return np.asarray(zero | fits)
 
 
 def round_codes(y: Any, round_mode: str, xp: Any = np) -> Any:

@@ -169,7 +169,9 @@ def test_batchnorm_computes_exactly_with_the_exported_scale_and_offset():
 
 def test_fused_batchnorm_exports_the_moving_statistics_fold():
     layer = HConv2DBatchNorm(3, 2, kernel_quantizer={'f_init': 30.0}, bias_quantizer={'f_init': 30.0})
-    _calibrated(layer, [(4, 4, 2)])
+    inputs = keras.Input((4, 4, 2))
+    # Not calibrated: weights with 30 fractional bits are beyond what float32 computes exactly (calibrate refuses).
+    _randomize(keras.Model(inputs, layer(inputs)))
     std = np.sqrt(_np(layer.moving_variance) + layer.epsilon)
     factor = _np(layer.gamma) / std
     np.testing.assert_allclose(_np(layer.qkernel), _np(layer.kernel) * factor, rtol=1e-6)

@@ -19,7 +19,13 @@ from hls4ml.converters import parse_keras_v3_model
 import hgq
 from hgq.convert import ConversionError
 from hgq.convert.handlers import kbi_masks, quantizer_config
-from hgq.convert.hls_backend import HGQFixedPointQuantizer, HGQStreamQuantizer, header_path, quantize_body
+from hgq.convert.hls_backend import (
+    HEADERS,
+    HGQFixedPointQuantizer,
+    HGQStreamQuantizer,
+    header_path,
+    quantize_body,
+)
 from hgq.layers import HConv2D, HDense, HMaxPooling2D, HQuantize
 from hgq.quantizer import ActivationQuantizer
 
@@ -109,12 +115,15 @@ def test_plain_hls4ml_conversion_uses_our_handlers(tmp_path: Path) -> None:
     assert plain_types == our_types
 
 
-def test_our_header_ships_with_the_package_and_is_registered() -> None:
+def test_our_headers_ship_with_the_package_and_are_written_into_our_projects_only(tmp_path: Path) -> None:
     path = Path(header_path())
     assert path.is_file() and path.parent == Path(str(importlib.resources.files('hgq.hls_templates')))
     assert 'quantize_stream' in path.read_text()
     for backend in ('Vivado', 'Vitis'):
-        assert path in get_backend(backend).get_custom_source().values()
+        assert str(path) not in map(str, get_backend(backend).get_custom_source().values())
+        hgq.to_hls(_mlp(), tmp_path / backend, backend=backend)
+        for name in HEADERS:
+            assert (tmp_path / backend / 'firmware' / 'nnet_utils' / name).is_file()
 
 
 def test_consecutive_and_zero_width_uniform_quantizers_are_not_fused(tmp_path: Path) -> None:

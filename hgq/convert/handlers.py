@@ -8,17 +8,19 @@ Every H-layer quantizes its inputs, so its handler emits, in order:
 2. the IR dict(s) of the layer itself, with weights already quantized (``qkernel``, ``qbias``);
 3. an ``Activation`` IR dict when the layer applies ``relu`` inside.
 
-Defining a subclass of :class:`HLayerHandler` with ``handles = (handler_key(MyLayer),)`` registers it with hls4ml.
+A handler lists the Keras classes it converts in ``keras_classes``; :func:`hgq.convert.register` registers every
+handler of :data:`hgq.convert.registry.HANDLERS`, and :func:`register_handler` registers one of your own.
 
 Examples
 --------
 A handler for a layer that is an element-wise identity on its quantized input:
 
->>> from hgq.convert.handlers import HLayerHandler, handler_key
+>>> from hgq.convert.handlers import HLayerHandler, register_handler
 >>> class MyIdentityHandler(HLayerHandler):  # doctest: +SKIP
-...     handles = (handler_key(MyIdentity),)
+...     keras_classes = (MyIdentity,)
 ...     def handle(self, layer, in_tensors, out_tensors):
 ...         return {'class_name': 'Activation', 'activation': 'linear'}
+>>> register_handler(MyIdentityHandler)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from math import prod
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from hls4ml.converters.keras_v3 import layer_handlers
 from hls4ml.converters.keras_v3._base import KerasV3LayerHandler
 
 from hgq.convert.hls_backend import IR_CLASS, MASK_ATTR
+from hgq.layers.base import HLayer
 from hgq.layers.quantize import HQuantize
 from hgq.quantizer import ActivationQuantizer
 
@@ -46,6 +50,7 @@ __all__ = [
     'quantizer_config',
     'quantized_name',
     'activation_config',
+    'register_handler',
 ]
 
 IRDict = dict[str, Any]
@@ -167,12 +172,13 @@ def _rewire(confs: Sequence[IRDict], renames: dict[str, str]) -> None:
 class HLayerHandler(KerasV3LayerHandler):
     """Base of the handlers of H-layers: input quantizers first, then the layer, then its internal ``relu``.
 
-    Subclasses set ``handles`` and implement ``handle`` (like any hls4ml Keras v3 handler) returning the
-    layer's IR dict(s) as if its inputs were the quantized tensors; weights read with :meth:`load_weight`
-    are the quantized ones. Set ``ir_class_name`` to the hls4ml IR class (``'Dense'``, ``'Conv2D'``...).
+    Subclasses set ``keras_classes`` (the H-layer classes they convert) and implement ``handle`` (like any
+    hls4ml Keras v3 handler) returning the layer's IR dict(s) as if its inputs were the quantized tensors; weights
+    read with :meth:`load_weight` are the quantized ones. Set ``ir_class_name`` to the hls4ml IR class
+    (``'Dense'``, ``'Conv2D'``...).
     """
 
-    handles: tuple[str, ...] = ()
+    keras_classes: tuple[type, ...] = ()
     ir_class_name: str | None = None
 
     def __call__(
@@ -212,19 +218,19 @@ class HLayerHandler(KerasV3LayerHandler):
         n_in = prod(out_tensors[0].shape[1:])
         return activation_config(f'{layer.name}_relu', 'relu', pre_name, out_name, n_in), pre_name
 
-    def load_weight(self, layer: keras.Layer, key: str) -> np.ndarray:
-        """The weight ``key`` as exported to hardware: ``layer.q<key>`` when the layer quantizes it."""
-        import keras
-
-        quantized = getattr(layer, f'q{key}', None)
-        value = quantized if quantized is not None else getattr(layer, key)
-        return np.asarray(keras.ops.convert_to_numpy(value), dtype=np.float64)
+    def load_weight(self, layer: HLayer, key: str) -> np.ndarray:
+        """The weight ``key`` as exported to hardware, from :meth:`HLayer.quantized_weights`."""
+        weights = layer.quantized_weights()
+        if key not in weights:
+            layer_id = f'{layer.name} ({type(layer).__name__})'
+            raise ValueError(f'{layer_id}: no quantized weight {key!r} (has {list(weights)})')
+        return weights[key][0]
 
 
 class HQuantizeHandler(KerasV3LayerHandler):
     """``HQuantize`` becomes one quantizer IR layer."""
 
-    handles = (handler_key(HQuantize),)
+    keras_classes = (HQuantize,)
 
     def __call__(
         self,
@@ -233,3 +239,9 @@ class HQuantizeHandler(KerasV3LayerHandler):
         out_tensors: Sequence[KerasTensor],
     ) -> tuple[IRDict, ...]:
         return (quantizer_config(layer.input_quantizer, in_tensors[0].name, out_tensors[0].name, name=layer.name),)
+
+
+def register_handler(handler: type[HLayerHandler] | type[HQuantizeHandler]) -> None:
+    """Make hls4ml convert the ``keras_classes`` of ``handler`` with it (hls4ml looks handlers up by class key)."""
+    for cls in handler.keras_classes:
+        layer_handlers[handler_key(cls)] = handler()

@@ -27,31 +27,33 @@ e.g. from HGQ2 models, are left as they are):
   variables twice. :class:`GuardedFuseQuantizerIntoDA` fuses one quantizer per kernel.
 - hls4ml pads max pooling with the value whose top bit is set: the most negative value of a signed type, but the
   largest of an unsigned one (after ``relu``). :class:`SignedMaxPoolPadding` gives such inputs a sign bit.
-- The header is shipped in :mod:`hgq.hls_templates` and registered as custom source of both backends.
+- Our headers are shipped in :mod:`hgq.hls_templates`; :func:`write_headers` (a pass of the backends' writer
+  flows) copies them into projects that use them.
+
+All of this acts only on graphs converted from H-layers (:func:`is_hgq_graph`): a plain hls4ml model converted in
+the same process is untouched. :func:`hgq.convert.register` registers it all with hls4ml.
 
 Examples
 --------
->>> import hgq.convert.hls_backend as hb
->>> hb.register_backend_extensions()  # idempotent; already done by ``import hgq``
+>>> import hgq.convert  # registers our IR layers, passes, templates and handlers with hls4ml
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import shutil
 from collections.abc import Sequence
 from math import prod
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hls4ml.backends import get_backend
 from hls4ml.backends.fpga.passes.hgq_proxy_model import ProcessFixedPointQuantizerCall
 from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
 from hls4ml.backends.vivado.passes.distributed_arithmetic import FuseQuantizerIntoDALayers
-from hls4ml.model.flow import get_flow
-from hls4ml.model.layers import Input, Layer, Pooling1D, Pooling2D, Reshape, Transpose, register_layer
-from hls4ml.model.optimizer import ModelOptimizerPass, OptimizerPass, get_available_passes, register_pass
+from hls4ml.model.layers import Input, Layer, Pooling1D, Pooling2D, Reshape, Transpose
+from hls4ml.model.optimizer import ModelOptimizerPass, OptimizerPass
 from hls4ml.model.optimizer.passes.bit_exact import (
-    _produce_kif,
     _request_kif,
     get_input_layers,
     get_output_layers,
@@ -74,7 +76,10 @@ __all__ = [
     'WidenWrappedTypes',
     'GuardedFuseQuantizerIntoDA',
     'quantize_body',
-    'register_backend_extensions',
+    'is_hgq_graph',
+    'mark_graph',
+    'header_path',
+    'write_headers',
 ]
 
 MASK_ATTR = 'hgq_mask_kbi'
@@ -82,7 +87,11 @@ IR_CLASS = 'HGQFixedPointQuantizer'
 # Rounding modes whose result depends on the sign, so that wrapping before rounding changes it.
 SIGN_DEPENDENT_ROUNDING = ('TRN_ZERO', 'RND_ZERO', 'RND_INF')
 STREAM_HEADER = 'hgq_quantizer_stream.h'
-BACKENDS = ('Vivado', 'Vitis')
+# Every header of hgq.hls_templates, copied into projects converted from H-layers.
+HEADERS = (STREAM_HEADER, 'hgq_lut.h', 'hgq_softmax.h')
+GRAPH_MARK = 'HGQGraph'
+# IR classes that mark a graph as ours (see is_hgq_graph).
+HGQ_IR_CLASSES = frozenset({IR_CLASS, 'HGQStreamQuantizer', 'HGQLookupTable', 'HGQSoftmax'})
 GUARDED_FUSE_PASS = 'hgq_fuse_fixed_point_quantizer'
 STREAM_PASS = 'hgq_stream_quantizers'
 MAXPOOL_PASS = 'hgq_signed_maxpool_padding'
@@ -132,6 +141,30 @@ def produce_kif(layer: HGQFixedPointQuantizer) -> tuple[np.ndarray, np.ndarray, 
 
 def _is_ours(node: Layer) -> bool:
     return isinstance(node, HGQFixedPointQuantizer)
+
+
+def is_hgq_graph(model: Any) -> bool:
+    """Whether an hls4ml graph was converted from H-layers; our passes act on those graphs only, so plain
+    hls4ml models convert exactly as without HGQ.
+
+    A graph is ours if it holds one of our IR layers, or held one when the ``convert`` flow started
+    (:func:`mark_graph` records it in the model configuration as ``HGQGraph``: quantizers may be fused away).
+    """
+    if model.config.get_config_value(GRAPH_MARK, False):
+        return True
+    return any(_is_hgq_ir(node) for node in model.graph.values())
+
+
+def _is_hgq_ir(node: Layer) -> bool:
+    # hls4ml specializes IR classes per backend (VitisHGQSoftmax), so look through the class hierarchy.
+    return any(cls.__name__ in HGQ_IR_CLASSES for cls in type(node).__mro__)
+
+
+def mark_graph(model: Any) -> bool:
+    """First pass of hls4ml's ``convert`` flow: record in the configuration whether the graph is ours."""
+    if is_hgq_graph(model):
+        model.config.config[GRAPH_MARK] = True
+    return True  # applied: not run again in this flow
 
 
 def _element_format(k: int, b: int, i: int, rnd: str, sat: str) -> str:
@@ -262,7 +295,7 @@ class WidenWrappedTypes(ModelOptimizerPass):
     @staticmethod
     def _transform(model: Any) -> bool:
         nodes = list(model.graph.values())
-        if not any(_is_ours(node) for node in nodes):
+        if not is_hgq_graph(model):
             return False
         for node in nodes:
             if node.attributes.get('bit_exact_transformed', False) and not isinstance(node, Input):
@@ -279,19 +312,21 @@ class GuardedFuseQuantizerIntoDA(FuseQuantizerIntoDALayers):
     def match(self, node: Layer) -> bool:
         if not super().match(node):
             return False
+        if not is_hgq_graph(node.model):
+            return True
         return not any('model_inp_q_' in str(n.get_attr('da_codegen', '')) for n in get_output_layers(node))
 
 
 class SignedMaxPoolPadding(OptimizerPass):
     """Give the unsigned input of a padded max pooling a sign bit, so that hls4ml's padding value is the minimum.
 
-    Values are unchanged (one more bit); only bit-exact graphs are touched.
+    Values are unchanged (one more bit); only bit-exact graphs converted from H-layers are touched.
     """
 
     def match(self, node: Layer) -> bool:
         if not isinstance(node, (Pooling1D, Pooling2D)) or node.get_attr('pool_op') != 'Max':
             return False
-        if not node.attributes.get('bit_exact_transformed', False):
+        if not node.attributes.get('bit_exact_transformed', False) or not is_hgq_graph(node.model):
             return False
         padded = any(node.get_attr(f'pad_{side}', 0) for side in ('top', 'bottom', 'left', 'right'))
         precision = node.get_input_variable().type.precision
@@ -366,42 +401,17 @@ class StreamQuantizerFunctionTemplate(FunctionCallTemplate):
         return self.template.format(**self._default_function_params(node))
 
 
-def header_path() -> str:
-    """Absolute path of our stream quantizer header inside the installed package."""
-    return str(importlib.resources.files('hgq.hls_templates').joinpath(STREAM_HEADER))
+def header_path(name: str = STREAM_HEADER) -> str:
+    """Absolute path of one of our HLS headers inside the installed package."""
+    return str(importlib.resources.files('hgq.hls_templates').joinpath(name))
 
 
-def _insert_before(flow_name: str, anchor: str, pass_name: str) -> None:
-    optimizers = get_flow(flow_name).optimizers
-    if pass_name in optimizers:
-        return
-    optimizers.insert(optimizers.index(anchor), pass_name)
-
-
-def register_backend_extensions() -> None:
-    """Register our IR layer, passes, templates and header with hls4ml (idempotent)."""
-    if GUARDED_FUSE_PASS in get_available_passes():
-        return
-    register_layer(IR_CLASS, HGQFixedPointQuantizer)
-    register_layer('HGQStreamQuantizer', HGQStreamQuantizer)
-    _request_kif.register(HGQFixedPointQuantizer, request_kif)
-    _produce_kif.register(HGQFixedPointQuantizer, produce_kif)
-    register_pass(GUARDED_FUSE_PASS, GuardedFuseFixedPointQuantizer)
-    convert_flow = get_flow('convert').optimizers
-    convert_flow[convert_flow.index('fuse_fixed_point_quantizer')] = GUARDED_FUSE_PASS
-    register_pass(WIDEN_PASS, WidenWrappedTypes)
-    convert_flow.insert(convert_flow.index('bit_exact') + 1, WIDEN_PASS)
-    register_pass(MAXPOOL_PASS, SignedMaxPoolPadding)
-    convert_flow.insert(convert_flow.index('fix_input_precision') + 1, MAXPOOL_PASS)
-
-    vivado = get_backend('Vivado')
-    vivado.register_pass(STREAM_PASS, StreamQuantizers)
-    _insert_before('vivado:optimize', 'vivado:process_fixed_point_quantizer_layer', f'vivado:{STREAM_PASS}')
-    vivado.register_pass(DA_FUSE_PASS, GuardedFuseQuantizerIntoDA)
-    optimize_flow = get_flow('vivado:optimize').optimizers
-    optimize_flow[optimize_flow.index('vivado:fuse_quantizer_into_d_a_layers')] = f'vivado:{DA_FUSE_PASS}'
-    vivado.register_template(QuantizerFunctionTemplate)
-    vivado.register_template(StreamQuantizerConfigTemplate)
-    vivado.register_template(StreamQuantizerFunctionTemplate)
-    for name in BACKENDS:
-        get_backend(name).register_source(header_path())
+def write_headers(model: Any) -> bool:
+    """Copy our headers into ``firmware/nnet_utils`` of a project that uses our layers (writer-flow pass)."""
+    if not is_hgq_graph(model):
+        return True
+    target = Path(model.config.get_output_dir()) / 'firmware' / 'nnet_utils'
+    target.mkdir(parents=True, exist_ok=True)
+    for name in HEADERS:
+        shutil.copyfile(header_path(name), target / name)
+    return True  # applied: not run again in this flow

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from hls4ml.converters.keras_v3.conv import gen_conv_config
 
-from hgq.convert.handlers import HLayerHandler, IRDict, handler_key
+from hgq.convert.handlers import HLayerHandler, IRDict
 from hgq.layers.batchnorm import HBatchNormalization, HConv1DBatchNorm, HConv2DBatchNorm, HDenseBatchNorm
 from hgq.layers.conv import HConv, HConv1D, HConv2D
 from hgq.layers.dense import HDense
@@ -35,7 +35,7 @@ __all__ = ['HDenseHandler', 'HConvHandler', 'HBatchNormalizationHandler']
 class HDenseHandler(HLayerHandler):
     """``HDense``/``HDenseBatchNorm``: input quantizer, ``Dense`` with the quantized kernel and bias, ``relu``."""
 
-    handles = (handler_key(HDense), handler_key(HDenseBatchNorm))
+    keras_classes = (HDense, HDenseBatchNorm)
     ir_class_name = 'Dense'
 
     def handle(self, layer: HDense, in_tensors: Sequence[KerasTensor], out_tensors: Sequence[KerasTensor]) -> IRDict:
@@ -51,7 +51,7 @@ class HConvHandler(HLayerHandler):
     The layer's ``parallelization_factor`` (``-1``: every output position) is handed to hls4ml.
     """
 
-    handles = tuple(handler_key(c) for c in (HConv1D, HConv2D, HConv1DBatchNorm, HConv2DBatchNorm))
+    keras_classes = (HConv1D, HConv2D, HConv1DBatchNorm, HConv2DBatchNorm)
 
     def default_class_name(self, layer: HConv) -> str:
         return f'Conv{layer.rank}D'
@@ -80,7 +80,7 @@ class HConvHandler(HLayerHandler):
 class HBatchNormalizationHandler(HLayerHandler):
     """``HBatchNormalization``: input quantizer and ``BatchNormalization`` with the quantized scale and offset."""
 
-    handles = (handler_key(HBatchNormalization),)
+    keras_classes = (HBatchNormalization,)
     ir_class_name = 'BatchNormalization'
 
     def handle(

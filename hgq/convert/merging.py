@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from hls4ml.converters.keras_v3.conv import gen_conv_config
 
-from hgq.convert.handlers import HLayerHandler, IRDict, handler_key
+from hgq.convert.handlers import HLayerHandler, IRDict
 from hgq.layers.merge import HAdd, HConcatenate, HMerge, HMultiply, HSubtract
 from hgq.layers.pooling import (
     HAveragePooling1D,
@@ -63,7 +63,7 @@ def _chain(layer_name: str, inputs: Sequence[str], output: str, step: dict) -> t
 class HMergeHandler(HLayerHandler):
     """``HAdd``, ``HSubtract``, ``HMultiply``, ``HConcatenate``: input quantizers, then two-input merges."""
 
-    handles = tuple(handler_key(c) for c in (HAdd, HSubtract, HMultiply, HConcatenate))
+    keras_classes = (HAdd, HSubtract, HMultiply, HConcatenate)
 
     def handle(
         self, layer: HMerge, in_tensors: Sequence[KerasTensor], out_tensors: Sequence[KerasTensor]
@@ -104,7 +104,7 @@ def _pool_config(layer: HPooling | HGlobalAveragePooling, in_shape: tuple, out_s
 class HPoolingHandler(HLayerHandler):
     """Max and average pooling: input quantizer, then hls4ml's ``MaxPooling1D/2D``/``AveragePooling1D/2D``."""
 
-    handles = tuple(handler_key(c) for c in (HMaxPooling1D, HMaxPooling2D, HAveragePooling1D, HAveragePooling2D))
+    keras_classes = (HMaxPooling1D, HMaxPooling2D, HAveragePooling1D, HAveragePooling2D)
 
     def default_class_name(self, layer: HPooling) -> str:
         return type(layer).__name__[1:]
@@ -116,7 +116,7 @@ class HPoolingHandler(HLayerHandler):
 class HGlobalPoolingHandler(HLayerHandler):
     """Global average pooling: input quantizer, ``GlobalAveragePooling1D/2D`` (and ``Reshape`` if ``keepdims``)."""
 
-    handles = tuple(handler_key(c) for c in (HGlobalAveragePooling1D, HGlobalAveragePooling2D))
+    keras_classes = (HGlobalAveragePooling1D, HGlobalAveragePooling2D)
 
     def handle(
         self, layer: HGlobalAveragePooling, in_tensors: Sequence[KerasTensor], out_tensors: Sequence[KerasTensor]

@@ -247,6 +247,7 @@ def to_hls(
     --------
     >>> hls_model = hgq.to_hls(model, 'prj/', io_type='io_stream', clock_period=4)  # doctest: +SKIP
     """
+    register()
     named = {key: kwargs.pop(key) for key in ConversionSettings.field_names() if key in kwargs}
     settings = replace(settings or ConversionSettings(), **named)
     if not model.built:
@@ -256,7 +257,6 @@ def to_hls(
         check_calibrated(model)
     output_dir = check_output_dir(output_dir, settings.project_name, overwrite)
     hls_config = _hls_config(settings.strategy, kwargs.pop('hls_config', None))
-    register()
     hls_model = hls4ml.converters.convert_from_keras_model(
         model,
         output_dir=str(output_dir),

@@ -8,7 +8,7 @@
 
 Every table is the one the trained Keras layer computes (:meth:`HActivation.table`, :meth:`HSoftmax.tables`),
 written as weights; nothing is recomputed in C++. Both layers support ``io_parallel`` and ``io_stream``.
-Importing :mod:`hgq.convert` registers all of it (:func:`register_table_layers`).
+Importing :mod:`hgq.convert` registers all of it (:func:`hgq.convert.register`).
 
 Examples
 --------
@@ -20,25 +20,22 @@ Examples
 
 from __future__ import annotations
 
-import importlib.resources
 from collections.abc import Sequence
 from math import ceil, log2, prod
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hls4ml.backends import get_backend
 from hls4ml.backends.template import FunctionCallTemplate, LayerConfigTemplate
 from hls4ml.model.attributes import Attribute, TypeAttribute, WeightAttribute
-from hls4ml.model.layers import Layer, register_layer
-from hls4ml.model.optimizer import get_available_passes
-from hls4ml.model.optimizer.passes.bit_exact import _produce_kif
+from hls4ml.model.layers import Layer
 from hls4ml.model.optimizer.passes.hgq_proxy_model import UnaryLUT
 from hls4ml.model.types import FixedPrecisionType
 
-from hgq.convert.handlers import HLayerHandler, handler_key
+from hgq.convert.handlers import HLayerHandler
 from hgq.fixed_point import fixed_type_string
-from hgq.layers.activation import HActivation, scalar_kif
+from hgq.layers.activation import HActivation
 from hgq.layers.softmax import HSoftmax
+from hgq.lut import scalar_kif
 from hgq.quantizer import ActivationQuantizer
 
 if TYPE_CHECKING:
@@ -50,11 +47,10 @@ __all__ = [
     'HActivationHandler',
     'HSoftmaxHandler',
     'hardware_table',
-    'register_table_layers',
+    'softmax_produce_kif',
+    'TEMPLATES',
 ]
 
-HEADERS = ('hgq_lut.h', 'hgq_softmax.h')
-BACKENDS = ('Vivado', 'Vitis')
 FLOAT32_BITS = 24
 IRDict = dict[str, Any]
 
@@ -129,8 +125,7 @@ class HGQSoftmax(Layer):
         self.add_weights_variable(name='inv_table', var_name='inv_table{index}')
 
 
-@_produce_kif.register
-def _(layer: HGQSoftmax) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def softmax_produce_kif(layer: HGQSoftmax) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The output of :class:`HGQSoftmax` has exactly the output quantizer's format."""
     shape = tuple(layer.get_output_variable().shape)
     return tuple(np.full(shape, v, dtype=np.int16) for v in layer.attributes['out_kif'])
@@ -228,7 +223,7 @@ class SoftmaxFunctionTemplate(FunctionCallTemplate):
 class HActivationHandler(HLayerHandler):
     """``HActivation``: input quantizer, then ``Activation`` (relu) or :class:`HGQLookupTable`."""
 
-    handles = (handler_key(HActivation),)
+    keras_classes = (HActivation,)
 
     def handle(
         self, layer: HActivation, in_tensors: Sequence[KerasTensor], out_tensors: Sequence[KerasTensor]
@@ -255,7 +250,7 @@ class HActivationHandler(HLayerHandler):
 class HSoftmaxHandler(HLayerHandler):
     """``HSoftmax``: input quantizer, then :class:`HGQSoftmax` with the layer's exp and reciprocal tables."""
 
-    handles = (handler_key(HSoftmax),)
+    keras_classes = (HSoftmax,)
 
     def handle(self, layer: HSoftmax, in_tensors: Sequence[KerasTensor], out_tensors: Sequence[KerasTensor]) -> IRDict:
         out_kif = scalar_kif(layer.output_quantizer)
@@ -281,25 +276,4 @@ class HSoftmaxHandler(HLayerHandler):
         return None, None
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Registration
-
-
-def header_path(name: str) -> str:
-    """Absolute path of one of our headers inside the installed package."""
-    return str(importlib.resources.files('hgq.hls_templates').joinpath(name))
-
-
-def register_table_layers() -> None:
-    """Register the IR layers, templates and headers of the table layers with hls4ml (idempotent)."""
-    register_layer('HGQLookupTable', HGQLookupTable)
-    register_layer('HGQSoftmax', HGQSoftmax)
-    vivado = get_backend('Vivado')
-    templates = (LookupTableConfigTemplate, LookupTableFunctionTemplate, SoftmaxConfigTemplate, SoftmaxFunctionTemplate)
-    registered = get_available_passes()
-    for template in templates:
-        if f'vivado:{template().get_name()}' not in registered:
-            vivado.register_template(template)
-    for backend in BACKENDS:
-        for header in HEADERS:
-            get_backend(backend).register_source(header_path(header))
+TEMPLATES = (LookupTableConfigTemplate, LookupTableFunctionTemplate, SoftmaxConfigTemplate, SoftmaxFunctionTemplate)

@@ -11,7 +11,7 @@ from keras import ops
 
 from hgq.quantizer import ActivationQuantizer, WeightQuantizer
 
-__all__ = ['HLayer', 'make_quantizer', 'serialize_quantizer']
+__all__ = ['HLayer', 'make_quantizer', 'serialize_quantizer', 'with_defaults']
 
 QuantizerSpec = ActivationQuantizer | WeightQuantizer | dict[str, Any] | None
 
@@ -46,6 +46,15 @@ def make_quantizer(spec: QuantizerSpec, default_cls: type, name: str, **defaults
         except TypeError as err:
             raise TypeError(f'{name}: invalid {default_cls.__name__} settings {spec}: {err}') from None
     raise TypeError(f'{name}: expected a {default_cls.__name__}, a dict of its arguments or None, got {spec!r}')
+
+
+def with_defaults(spec: QuantizerSpec, defaults: dict[str, Any]) -> QuantizerSpec:
+    """Constructor defaults for a quantizer spec given as ``None`` or as a dict of arguments."""
+    if spec is None:
+        return dict(defaults)
+    if isinstance(spec, dict) and not ('class_name' in spec and 'config' in spec):
+        return {**defaults, **spec}
+    return spec
 
 
 def serialize_quantizer(quantizer: ActivationQuantizer | WeightQuantizer) -> dict[str, Any]:
@@ -110,6 +119,22 @@ class HLayer(keras.layers.Layer):
     def weight_quantizers(self) -> list[WeightQuantizer]:
         """The quantizers of this layer's weights (kernel, bias, ...)."""
         return []
+
+    def quantized_weights(self) -> dict[str, tuple[np.ndarray, WeightQuantizer]]:
+        """The weights as exported to hardware: name -> (quantized values as float64, the quantizer of them).
+
+        Names are those of the hardware layer (``'kernel'``, ``'bias'``, ``'scale'``, ``'offset'``); layers
+        without weights return ``{}``. The converter and :func:`hgq.summary` read weights only through here.
+        """
+        return {}
+
+    @staticmethod
+    def exported(**weights: tuple[Any, WeightQuantizer]) -> dict[str, tuple[np.ndarray, WeightQuantizer]]:
+        """``quantized_weights`` entries from tensors: each value converted to a float64 array."""
+        return {
+            name: (np.asarray(ops.convert_to_numpy(value), dtype=np.float64), quantizer)
+            for name, (value, quantizer) in weights.items()
+        }
 
     @property
     def quantizers(self) -> list[ActivationQuantizer | WeightQuantizer]:

@@ -323,6 +323,9 @@ class HBatchNormalization(_BatchNormStatistics, HLayer):
         """The quantized per-channel offset (moving statistics), as exported to hardware."""
         return self.offset_quantizer(self.normalization()[1])
 
+    def quantized_weights(self) -> dict[str, tuple[np.ndarray, WeightQuantizer]]:
+        return self.exported(scale=(self.qscale, self.scale_quantizer), offset=(self.qoffset, self.offset_quantizer))
+
     def call(self, x: Any, training: bool | None = None) -> Any:
         xq = self.input_quantizer(x, training=training)
         factor, shift = self.normalization(xq, training)

@@ -148,6 +148,12 @@ class HKernelLayer(HLayer):
         bias = self.float_kernel_and_bias()[1]
         return None if bias is None else self.bias_quantizer(bias)
 
+    def quantized_weights(self) -> dict[str, tuple[np.ndarray, WeightQuantizer]]:
+        weights = {'kernel': (self.qkernel, self.kernel_quantizer)}
+        if self.use_bias:
+            weights['bias'] = (self.qbias, self.bias_quantizer)
+        return self.exported(**weights)
+
     # -- computation -------------------------------------------------------------------------------------------------
 
     def call(self, x: Any, training: bool | None = None) -> Any:

@@ -24,7 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from hgq.layers.activation import (
+from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer, with_defaults
+from hgq.lut import (
     MAX_TABLE_SIZE,
     check_tensor_quantizer,
     lut_cost,
@@ -32,9 +33,7 @@ from hgq.layers.activation import (
     scalar_kif,
     table_width,
     take_codes,
-    with_defaults,
 )
-from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer
 from hgq.quantizer import ActivationQuantizer
 
 __all__ = ['HSoftmax', 'SOFTMAX_QUANTIZERS']
@@ -73,7 +72,7 @@ class HSoftmax(HLayer):
         many codes. A larger format is an error at conversion; Keras then computes the functions directly.
     beta : float
         Weight of the layer's EBOPs in the loss: ``bits(e) * bits(r)`` for each output multiplication, plus the
-        LUT-equivalent size of the tables (:func:`hgq.layers.activation.lut_cost`).
+        LUT-equivalent size of the tables (:func:`hgq.lut.lut_cost`).
 
     Examples
     --------

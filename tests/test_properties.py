@@ -217,6 +217,7 @@ def test_minimal_kif_round_trips_and_is_minimal(fmt_values):
     assert not np.array_equal(quantize(v, km, im - 1, fm, 'TRN', 'WRAP'), v)  # one integer bit fewer fails
     per_element = minimal_kif(v)  # per element: each format holds its own value
     assert np.array_equal(quantize(v, *per_element, 'TRN', 'WRAP'), v)
+    assert np.array_equal(per_element[0], v < 0)
 
 
 @PROPERTY

@@ -1,0 +1,42 @@
+"""Edge cases of :mod:`hgq.fixed_point` that the mutation run showed unpinned: zero groups, per-element signs and
+the messages of the errors."""
+
+import numpy as np
+import pytest
+
+from hgq.fixed_point import fixed_type_string, minimal_kif
+
+
+@pytest.mark.parametrize('axis', [None, 0])
+def test_all_zero_values_get_the_empty_format(axis):
+    """Zeros need no bits: ``(0, 0, 0)``, not just some format of width 0."""
+    k, i, f = minimal_kif(np.zeros(3), axis=axis)
+    assert np.all(k == 0) and np.all(i == 0) and np.all(f == 0)
+
+
+def test_all_zero_group_next_to_nonzero_groups():
+    v = np.array([[0.0, 0.0], [0.75, -2.0], [0.0, 3.0]])
+    k, i, f = minimal_kif(v, axis=1)
+    assert (k.tolist(), i.tolist(), f.tolist()) == ([0, 1, 0], [0, 1, 2], [0, 2, 0])
+
+
+def test_sign_bit_is_per_element_without_axis():
+    k, i, f = minimal_kif([-1.0, 0.0, 0.5, 1.0, -0.25])
+    assert k.tolist() == [1, 0, 0, 0, 1]
+    assert i.tolist() == [0, 0, 0, 1, -2]
+    assert f.tolist() == [0, 0, 1, 0, 2]
+
+
+@pytest.mark.parametrize('bad', [np.nan, np.inf, -np.inf])
+def test_minimal_kif_rejects_non_finite_values_by_name(bad):
+    with pytest.raises(ValueError, match='minimal_kif needs finite values'):
+        minimal_kif([1.0, bad])
+
+
+def test_fixed_type_string_names_a_bad_sign_bit():
+    with pytest.raises(ValueError, match=r'k \(sign bit\) must be 0 or 1, got 2'):
+        fixed_type_string(2, 3, 4)
+    with pytest.raises(ValueError, match=r"round_mode must be one of .*got 'ROUND'"):
+        fixed_type_string(1, 3, 4, 'ROUND')
+    with pytest.raises(ValueError, match=r"overflow_mode must be one of .*got 'CLIP'"):
+        fixed_type_string(1, 3, 4, 'RND', 'CLIP')

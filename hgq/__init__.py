@@ -21,13 +21,15 @@ from hgq import fixed_point, layers, quantizer
 from hgq._version import __version__
 from hgq.calibrate import calibrate
 from hgq.ebops import ebops, layer_ebops
+from hgq.from_keras import from_keras
 from hgq.summary import summary
 
 __all__ = ['fixed_point', 'quantizer', 'layers', 'convert', 'calibrate', 'ebops', 'layer_ebops', '__version__']
 __all__ += ['callbacks', 'datasets', 'plot', 'summary']
 __all__ += ['to_hls', 'synth']
+__all__ += ['allocate', 'from_keras']
 
-_LAZY_MODULES = ('callbacks', 'convert', 'datasets', 'plot')
+_LAZY_MODULES = ('allocate', 'callbacks', 'convert', 'datasets', 'plot')
 
 
 def to_hls(model: Any, output_dir: Any, settings: Any = None, **kwargs: Any) -> Any:

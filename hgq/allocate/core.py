@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import keras
@@ -56,7 +56,9 @@ class _Unit:
     kernel: np.ndarray  # float kernel (float64 of the float32 values the quantizer sees)
     act_f: np.ndarray  # (A,) input fractional bits of each activation option
     weight_f: np.ndarray  # (W, C) fractional bits of each channel for each weight option
+    bits: tuple[int, ...]  # weight options
     options: nm.LayerOptions | None = None
+    penalties: tuple[np.ndarray, np.ndarray] | None = None  # (C, W) weight and (A,) activation penalties
 
 
 def _check_args(model, x, method, budget_ebops, bits, act_bits, granularity, cluster_size, finetune_epochs, y):
@@ -189,7 +191,7 @@ def _make_unit(layer: HKernelLayer, bits, act_bits, method: str, granularity: st
     weight_f = _weight_formats(kernel, bits, groups, 'max' if isinstance(layer, _FusedBatchNorm) else 'mse')
     top = _max_int_bits(layer.input_quantizer)
     act_f = np.array([b - top for b in act_bits], dtype=np.float64)
-    return _Unit(layer, kernel, act_f, weight_f)
+    return _Unit(layer, kernel, act_f, weight_f, tuple(bits))
 
 
 def _quantized_kernels(unit: _Unit, bits: Sequence[int]) -> list[np.ndarray]:
@@ -247,7 +249,8 @@ def _to_channels(per_channel: np.ndarray, granularity: str, method: str) -> np.n
 def _hawq_penalties(model, units, bits, loss, x, y, n_probes, seed) -> list[tuple[np.ndarray, np.ndarray]]:
     """HAWQ-V3: ``Tr(H)/n * ||Q(W) - W||^2 / 2`` per weight option; measured loss increase per input option."""
     diagonals = sensitivity.hessian_diagonals(model, [u.layer.kernel for u in units], loss, x, y, n_probes, seed)
-    base = sensitivity.evaluate_loss(model, loss, x, y)
+    evaluate = sensitivity.loss_evaluator(model, loss, x, y)
+    base = evaluate()
     penalties = []
     for unit, diag in zip(units, diagonals, strict=True):
         if isinstance(unit.layer, _FusedBatchNorm):  # the Hessian is w.r.t. the kernel before the factor
@@ -261,7 +264,7 @@ def _hawq_penalties(model, units, bits, loss, x, y, n_probes, seed) -> list[tupl
         act = []
         for f in unit.act_f:
             _assign(quantizer.f, f)
-            act.append(max(sensitivity.evaluate_loss(model, loss, x, y) - base, 0.0))
+            act.append(max(evaluate() - base, 0.0))
         _assign(quantizer.f, f_before)
         penalties.append((weight, np.array(act)))
     return penalties
@@ -395,6 +398,60 @@ def _finetune(model, units, chosen, x, y, loss, epochs, batch_size, learning_rat
     model.set_weights(keeper.best)
 
 
+def _options(unit: _Unit, granularity: str, method: str) -> nm.LayerOptions:
+    """The unit's options with EBOPs from the current input ranges of its layer."""
+    cost, ok = _costs(unit, unit.bits)
+    if _merges_channels(granularity, method):
+        cost, ok = cost.sum(axis=1, keepdims=True), np.all(ok, axis=1, keepdims=True)
+    weight, act = unit.penalties
+    return nm.LayerOptions(cost, weight, act, unit.layer.name, ok)
+
+
+def _cheapest(options: list[nm.LayerOptions]) -> nm.Allocation:
+    """The allocation of least cost (ties broken by penalty)."""
+    return nm.solve_allocation(options, nm.minimum_cost(options) * (1 + 1e-9))
+
+
+def _within_budget(model, units, x, budget, fixed, bits, act_bits, granularity, method, say):
+    """Solve, apply, calibrate and measure until the measured EBOPs are within ``budget``.
+
+    A failed attempt re-computes the options from the input ranges of the calibrated model (upstream layers now
+    quantized) and tightens the program's budget by the overshoot (doubling on repeated failures). When the program
+    becomes infeasible, the cheapest allocation is measured: within the budget it is the answer, else the budget is
+    infeasible and the error names the measured minimum.
+    """
+    options = [u.options for u in units]
+    slack, attempts = 0.0, 0
+    while True:
+        attempts += 1
+        target = None if budget is None else budget - fixed - slack
+        try:
+            solution = nm.solve_allocation(options, target)
+        except InfeasibleBudgetError:
+            solution = _cheapest(options)
+            target = None
+        chosen = _apply(units, solution, bits, granularity, method)
+        _set_fixed_layers(model, units, max(act_bits), max(bits))
+        measured = calibrate(model, x)
+        fixed = _fixed_ebops(model, units)
+        say(f'allocate[{method}]: attempt {attempts}: predicted {solution.cost + fixed:.0f}, measured {measured:.0f}')
+        if budget is None or measured <= budget:
+            return solution, chosen, measured, attempts
+        if target is None:
+            raise InfeasibleBudgetError(
+                f'budget_ebops={budget:.6g} is infeasible: the cheapest allocation with bits {bits} and act_bits '
+                f'{act_bits} uses {measured:.6g} EBOPs after calibration; the minimum feasible budget is '
+                f'{measured:.6g} EBOPs',
+                measured,
+            )
+        if attempts >= MAX_ATTEMPTS:
+            raise RuntimeError(f'allocate: no allocation within {budget} EBOPs after {attempts} attempts')
+        slack = max(2 * slack, slack + measured - budget + 1e-6 * budget) if attempts > 1 else 0.0
+        for unit in units:
+            unit.options = _options(unit, granularity, method)
+        options = [u.options for u in units]
+
+
 # -- the entry point -----------------------------------------------------------------------------------------------
 
 
@@ -504,17 +561,11 @@ def allocate(
     units = [_make_unit(layer, bits, act_bits, method, granularity, cluster_size) for layer in units_layers]
     _set_fixed_layers(h_model, units, max(act_bits), max(bits))
     fixed = _fixed_ebops(h_model, units)
-    costs, allowed = [], []
     for unit in units:
-        cost, ok = _costs(unit, bits)
-        costs.append(np.stack([_to_channels(c, granularity, method) for c in cost]))
-        merged = _merges_channels(granularity, method)
-        allowed.append(np.all(ok, axis=1, keepdims=True) if merged else ok)
-    bare = [
-        nm.LayerOptions(c, np.zeros(c.shape[1:]), np.zeros(len(c)), u.layer.name, a)
-        for c, a, u in zip(costs, allowed, units, strict=True)
-    ]
-    floor = nm.minimum_cost(bare) + fixed
+        n_channels = 1 if _merges_channels(granularity, method) else unit.kernel.shape[-1]
+        unit.penalties = (np.zeros((n_channels, len(bits))), np.zeros(len(act_bits)))
+        unit.options = _options(unit, granularity, method)
+    floor = nm.minimum_cost([u.options for u in units]) + fixed
     if budget_ebops is not None and budget_ebops < floor:
         raise InfeasibleBudgetError(
             f'budget_ebops={budget_ebops:.6g} is below the minimum feasible {floor:.6g} EBOPs with bits {bits} and '
@@ -540,33 +591,14 @@ def allocate(
         penalties = _ompq_penalties(h_model, units, bits, act_bits, x_s[:64])
     else:
         penalties = _cluster_penalties(h_model, units, bits, x_s)
-    for unit, cost, ok, (weight, act) in zip(units, costs, allowed, penalties, strict=True):
-        unit.options = nm.LayerOptions(cost, _to_channels(weight, granularity, method), act, unit.layer.name, ok)
+    for unit, (weight, act) in zip(units, penalties, strict=True):
+        unit.penalties = (_to_channels(weight, granularity, method), act)
+        unit.options = replace(unit.options, weight_penalty=unit.penalties[0], act_penalty=act)
     say(f'allocate[{method}]: sensitivities measured ({time.perf_counter() - start:.1f} s)')
 
-    options = [u.options for u in units]
-    slack, attempts, measured = 0.0, 0, float('nan')
-    while True:
-        attempts += 1
-        target = None if budget_ebops is None else budget_ebops - fixed - slack
-        try:
-            solution = nm.solve_allocation(options, target)
-        except InfeasibleBudgetError:
-            raise InfeasibleBudgetError(
-                f'budget_ebops={budget_ebops:.6g}: after calibration even the cheapest allocation uses '
-                f'{measured:.6g} EBOPs; the minimum feasible budget is about {measured:.6g} EBOPs',
-                measured,
-            ) from None
-        chosen = _apply(units, solution, bits, granularity, method)
-        _set_fixed_layers(h_model, units, max(act_bits), max(bits))
-        measured = calibrate(h_model, x)
-        fixed = _fixed_ebops(h_model, units)
-        say(f'allocate[{method}]: attempt {attempts}: predicted {solution.cost + fixed:.0f}, measured {measured:.0f}')
-        if budget_ebops is None or measured <= budget_ebops:
-            break
-        if attempts >= MAX_ATTEMPTS:
-            raise RuntimeError(f'allocate: no allocation within {budget_ebops} EBOPs after {attempts} attempts')
-        slack = max(2 * slack, slack + measured - budget_ebops + 1e-6 * budget_ebops)
+    solution, chosen, measured, attempts = _within_budget(
+        h_model, units, x, budget_ebops, fixed, bits, act_bits, granularity, method, say
+    )
 
     if finetune_epochs:
         _finetune(h_model, units, chosen, x, y, loss, finetune_epochs, batch_size, learning_rate, budget_ebops, verbose)

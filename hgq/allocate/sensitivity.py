@@ -14,7 +14,7 @@ from keras import ops
 from hgq.allocate.numerics import hutchinson_diagonal
 from hgq.layers.base import HLayer
 
-__all__ = ['make_loss', 'evaluate_loss', 'hessian_diagonals', 'layer_tensors']
+__all__ = ['make_loss', 'loss_evaluator', 'hessian_diagonals', 'layer_tensors']
 
 LossFn = Callable[[Any, Any], Any]
 
@@ -38,9 +38,18 @@ def make_loss(y: np.ndarray, outputs: np.ndarray) -> LossFn:
     )
 
 
-def evaluate_loss(model: keras.Model, loss: LossFn, x: np.ndarray, y: np.ndarray) -> float:
-    """Loss of the model in inference mode on one batch."""
-    return float(ops.convert_to_numpy(loss(y, model(x, training=False))))
+def loss_evaluator(model: keras.Model, loss: LossFn, x: np.ndarray, y: np.ndarray) -> Callable[[], float]:
+    """A function giving the loss of the model in inference mode on one batch, with the current variable values.
+
+    Compiled once (TensorFlow backend), so that re-evaluating after changing a format costs one forward pass.
+    """
+    if keras.backend.backend() != 'tensorflow':
+        return lambda: float(ops.convert_to_numpy(loss(y, model(x, training=False))))
+    import tensorflow as tf
+
+    x_t, y_t = tf.constant(x), tf.constant(y)
+    compiled = tf.function(lambda: loss(y_t, model(x_t, training=False)))
+    return lambda: float(compiled().numpy())
 
 
 def hessian_diagonals(

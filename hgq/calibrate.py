@@ -1,34 +1,132 @@
-"""Exact integer bits of WRAP-mode activation quantizers from data."""
+"""Exact integer bits of WRAP-mode activation quantizers from data.
+
+Calibration is all or nothing: the data are checked first, every range is observed, and the ranges are written
+only once all of them are known and the calibrated model is exact in float32 (:mod:`hgq.exactness`). On any error
+the quantizers keep the state they had before.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from hgq.ebops import ebops, h_layers
+from hgq.exactness import check_float32_exact
 from hgq.quantizer import ActivationQuantizer
 
-__all__ = ['calibrate']
+__all__ = ['calibrate', 'CalibrationError']
 
 # While observing, ranges are opened to +-2**OPEN_RANGE_BITS so that no value wraps; data must stay inside.
 OPEN_RANGE_BITS = 20
 
 
-def _wrap_quantizer_inputs(model: keras.Model) -> list[tuple[ActivationQuantizer, Any]]:
-    pairs = []
+class CalibrationError(ValueError):
+    """Calibration data or a model that cannot be calibrated; the model was left unchanged."""
+
+
+def _wrap_quantizers(model: keras.Model) -> list[ActivationQuantizer]:
+    """The WRAP-mode input quantizers of every H-layer, each once."""
+    found: dict[int, ActivationQuantizer] = {}
     for layer in h_layers(model):
-        inputs = layer.input if isinstance(layer.input, list | tuple) else [layer.input]
-        for quantizer, tensor in zip(layer.activation_quantizers, inputs, strict=True):
-            if quantizer.tracks_range:
-                pairs.append((quantizer, tensor))
-    return pairs
+        found.update((id(q), q) for q in layer.activation_quantizers if q.tracks_range)
+    return list(found.values())
+
+
+def _as_inputs(model: keras.Model, data: Any) -> list[np.ndarray]:
+    """``data`` as a list of float32 arrays (one per model input), checked before any work."""
+    arrays = list(data) if isinstance(data, list | tuple) else [data]
+    try:
+        n_inputs = len(model.inputs)
+    except (AttributeError, TypeError, ValueError):  # subclassed models have no symbolic inputs
+        n_inputs = None
+    if n_inputs is not None and len(arrays) != n_inputs:
+        raise CalibrationError(
+            f'model {model.name!r} has {n_inputs} inputs; the calibration data hold {len(arrays)} arrays'
+        )
+    checked = []
+    for n, array in enumerate(arrays):
+        where = f'calibration data{f" [{n}]" if len(arrays) > 1 else ""}'
+        try:
+            array = np.asarray(array, dtype=np.float32)
+        except (TypeError, ValueError) as err:
+            raise CalibrationError(f'{where}: expected a numeric array, got {type(array).__name__} ({err})') from None
+        if array.ndim == 0 or len(array) == 0:
+            raise CalibrationError(f'{where}: expected a non-empty array of samples, got shape {array.shape}')
+        if not np.all(np.isfinite(array)):
+            raise CalibrationError(f'{where}: holds {int(np.sum(~np.isfinite(array)))} NaN or infinite values')
+        checked.append(array)
+    if len({len(a) for a in checked}) > 1:
+        sizes = [len(a) for a in checked]
+        raise CalibrationError(f'calibration data: the arrays hold different numbers of samples {sizes}')
+    return checked
+
+
+def _batches(arrays: list[np.ndarray], batch_size: int) -> Iterator[list[np.ndarray]]:
+    for start in range(0, len(arrays[0]), batch_size):
+        yield [a[start : start + batch_size] for a in arrays]
 
 
 def _reduce(values: np.ndarray, var_shape: tuple[int, ...], fn) -> np.ndarray:
     axes = (0, *(a + 1 for a, v in enumerate(var_shape) if v == 1 and values.shape[a + 1] != 1))
     return fn(values, axis=axes).reshape(var_shape)
+
+
+class _RangeObserver:
+    """Collects the exact minimum and maximum of every quantizer input, per bitwidth-variable element."""
+
+    def __init__(self) -> None:
+        self.ranges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.errors: list[str] = []  # raised after the model call (Keras would wrap an error raised inside it)
+
+    def __call__(self, quantizer: ActivationQuantizer, x: Any) -> None:
+        values = np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
+        bound = 2.0 ** (OPEN_RANGE_BITS - 1)
+        if not np.all(np.isfinite(values)) or np.max(np.abs(values)) >= bound:
+            self.errors.append(
+                f'{quantizer.name}: calibration saw values beyond +-2**{OPEN_RANGE_BITS - 1} or non-finite values '
+                '(non-finite weights after a diverged training, or data far outside the training range)'
+            )
+            return
+        var_shape = tuple(quantizer.vmax.shape)
+        low, high = _reduce(values, var_shape, np.min), _reduce(values, var_shape, np.max)
+        if id(quantizer) in self.ranges:
+            old_low, old_high = self.ranges[id(quantizer)]
+            low, high = np.minimum(low, old_low), np.maximum(high, old_high)
+        self.ranges[id(quantizer)] = (low, high)
+
+
+def _observe(
+    model: keras.Model,
+    quantizers: Sequence[ActivationQuantizer],
+    inputs: list[np.ndarray],
+    batch_size: int,
+    verbose: int,
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Run ``model`` eagerly over the data with open ranges, recording each quantizer's input range."""
+    observer = _RangeObserver()
+    bound = 2.0**OPEN_RANGE_BITS
+    progress = keras.utils.Progbar(len(inputs[0])) if verbose else None
+    for quantizer in quantizers:
+        quantizer.set_range(-bound, bound)
+        quantizer.observer = observer
+    try:
+        for batch in _batches(inputs, batch_size):
+            model(batch if len(batch) > 1 else batch[0], training=False)
+            if observer.errors:
+                raise CalibrationError(observer.errors[0])
+            if progress is not None:
+                progress.add(len(batch[0]))
+    finally:
+        for quantizer in quantizers:
+            quantizer.observer = None
+    unseen = [q.name for q in quantizers if id(q) not in observer.ranges]
+    if unseen:
+        raise CalibrationError(f'quantizers {unseen} saw no data: the model does not call their layers')
+    return observer.ranges
 
 
 def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: int = 0) -> float:
@@ -37,21 +135,33 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: in
     After calibration no value of ``data`` overflows anywhere in the model, and every activation uses the
     fewest integer bits that hold it. Run it before conversion to HLS and before reporting EBOPs.
 
+    All or nothing: the data are checked first (a non-empty array, or one per model input, all finite), the
+    ranges are observed with every quantizer opened to ``+-2**20``, and they are written only if every value stayed
+    inside ``+-2**19`` and the calibrated model is exact in float32 (:func:`hgq.exactness.float32_problems`).
+    Otherwise the model is left as it was and an error names the problem.
+
     Parameters
     ----------
     model : keras.Model
-        A built functional or Sequential model of H-layers.
+        A built model of H-layers: functional, Sequential, nested or subclassed.
     data : array or list of arrays
         Representative inputs (typically the training set).
     batch_size : int
         Batch size of the observation pass.
     verbose : int
-        Passed to ``predict``.
+        1 shows a progress bar.
 
     Returns
     -------
     float
         The model's exact EBOPs after calibration.
+
+    Raises
+    ------
+    CalibrationError
+        Unbuilt model, empty or non-finite data, values beyond ``+-2**19``.
+    hgq.exactness.InexactError
+        The calibrated formats would be inexact in float32 (the calibration is undone).
 
     Examples
     --------
@@ -61,22 +171,23 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: in
     >>> hgq.calibrate(model, np.random.rand(100, 4).astype('float32')) > 0
     True
     """
-    pairs = _wrap_quantizer_inputs(model)
-    if not pairs:
+    if not model.built:
+        raise CalibrationError(f'model {model.name!r} is not built; call it on data or give it an Input first')
+    if int(batch_size) < 1:
+        raise CalibrationError(f'batch_size must be a positive integer, got {batch_size}')
+    inputs = _as_inputs(model, data)
+    quantizers = _wrap_quantizers(model)
+    if not quantizers:
         return ebops(model)
-    probe = keras.Model(model.inputs, [tensor for _, tensor in pairs])
-    bound = 2.0**OPEN_RANGE_BITS
-    for quantizer, _ in pairs:
-        quantizer.set_range(-bound, bound)
-    outputs = probe.predict(data, batch_size=batch_size, verbose=verbose)
-    outputs = outputs if isinstance(outputs, list) else [outputs]
-    for (quantizer, _), values in zip(pairs, outputs, strict=True):
-        if not np.all(np.isfinite(values)) or np.max(np.abs(values)) >= bound / 2:
-            raise ValueError(
-                f'{quantizer.name}: calibration saw values beyond +-2**{OPEN_RANGE_BITS - 1} or non-finite values; '
-                'check the data and the model'
-            )
-        var_shape = tuple(quantizer.vmax.shape)
-        quantizer.set_range(_reduce(values, var_shape, np.min), _reduce(values, var_shape, np.max))
-        quantizer.calibrated.assign(1.0)
+    saved = [(v, ops.convert_to_numpy(v)) for q in quantizers for v in q.non_trainable_weights]
+    try:
+        ranges = _observe(model, quantizers, inputs, int(batch_size), verbose)
+        for quantizer in quantizers:
+            quantizer.set_range(*ranges[id(quantizer)])
+            quantizer.calibrated.assign(1.0)
+        check_float32_exact(model)
+    except BaseException:
+        for variable, value in saved:
+            variable.assign(value)
+        raise
     return ebops(model)

@@ -419,6 +419,8 @@ class ParetoFront(keras.callbacks.Callback):
         self.directory = Path(directory)
         self.sides = dict(zip(metrics, sides, strict=True))
         self.directory.mkdir(parents=True, exist_ok=True)
+        for partial in self.directory.glob('.partial-*.keras'):  # left by a run killed while saving
+            partial.unlink()
         self.points: list[ParetoPoint] = self._existing_points(resume)
 
     @property
@@ -462,7 +464,7 @@ class ParetoFront(keras.callbacks.Callback):
         log_ebops(self.model, logs)
         values = self._values(logs)
         if not all(math.isfinite(v) for v in values.values()):
-            return
+            return  # a diverged model (EBOPs are nan when weights are not finite) is never a checkpoint
         if any(_weakly_dominates(p.values, values, self.sides) for p in self.points):
             return
         number = epoch + 1  # as Keras's progress output counts

@@ -19,6 +19,7 @@ A minimal configuration (all other keys take their defaults)::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from typing import Any
 import keras
 
 from hgq.callbacks import INTERPOLATIONS, BetaSchedule, BetaTarget
-from hgq.conversion import BACKENDS, IO_TYPES, STRATEGIES
+from hgq.conversion import BACKENDS, IO_TYPES, PART_PATTERN, STRATEGIES
 from hgq.datasets import DATASETS
 
 __all__ = ['ConfigError', 'RunConfig', 'load_config', 'parse_config', 'build_layers', 'build_model', 'layer_types']
@@ -95,6 +96,7 @@ class ExportConfig:
     io_type: str = 'io_parallel'
     strategy: str = 'Latency'
     n_test: int | None = None
+    synth: bool = False
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,8 @@ class _Section:
         if kind is not None and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
             names = kind.__name__ if isinstance(kind, type) else ' or '.join(k.__name__ for k in kind)
             raise ConfigError(f'{self.key(name)}: expected {expected or names}, got {value!r}')
+        if kind is float and not math.isfinite(value):
+            raise ConfigError(f'{self.key(name)}: expected {expected or "a finite number"}, got {value!r}')
         if choices is not None and value not in choices:
             raise ConfigError(f'{self.key(name)}: expected one of {list(choices)}, got {value!r}')
         if check is not None and not check(value):
@@ -262,7 +266,7 @@ def _parse_beta(data: Any) -> BetaConfig:
 
 def _parse_training(data: Any) -> TrainingConfig:
     s = _Section(data, 'training')
-    positive = {'check': lambda v: v > 0, 'expected': 'a positive number'}
+    positive = {'check': lambda v: v > 0, 'expected': 'a finite positive number'}
     config = TrainingConfig(
         epochs=s.get('epochs', 60, int, check=_positive_int, expected='a positive integer'),
         batch_size=s.get('batch_size', 64, int, check=_positive_int, expected='a positive integer'),
@@ -282,11 +286,18 @@ def _parse_export(data: Any) -> ExportConfig:
         n_models=s.get('n_models', 2, int, check=lambda v: v >= 0, expected='an integer >= 0'),
         min_metric=s.get('min_metric', None, float),
         backend=s.get('backend', 'Vitis', str, BACKENDS),
-        part=s.get('part', 'xcvu13p-flga2577-2-e', str),
-        clock_period=s.get('clock_period', 5.0, float, check=lambda v: v > 0, expected='a positive number (ns)'),
+        part=s.get(
+            'part',
+            'xcvu13p-flga2577-2-e',
+            str,
+            check=PART_PATTERN.match,
+            expected='a Xilinx part name such as xcvu13p-flga2577-2-e or xc7z020clg400-1',
+        ),
+        clock_period=s.get('clock_period', 5.0, float, check=lambda v: v > 0, expected='a finite positive number (ns)'),
         io_type=s.get('io_type', 'io_parallel', str, IO_TYPES),
         strategy=s.get('strategy', 'Latency', str, STRATEGIES),
         n_test=s.get('n_test', None, int, check=_positive_int, expected='a positive integer'),
+        synth=s.get('synth', False, bool),
     )
     s.done()
     return config
@@ -309,7 +320,7 @@ def parse_config(data: Any, name: str = 'run') -> RunConfig:
     top = _Section(data, '')
     config = RunConfig(
         name=top.get('name', name, str, check=lambda v: v and '/' not in v, expected='a name without "/"'),
-        seed=top.get('seed', 0, int),
+        seed=top.get('seed', 0, int, check=lambda v: 0 <= v < 2**32, expected='an integer in [0, 2**32)'),
         output=top.get('output', 'hgq_runs', str),
         dataset=_parse_dataset(top.get('dataset', None)),
         layers=_parse_layers(top.get('model', None)),

@@ -14,14 +14,21 @@ The forward pass always sees bitwidths rounded to integers. Gradients: straight-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from hgq.fixed_point import OVERFLOW_MODES, ROUND_MODES, quantize_tensor, round_codes
+from hgq.fixed_point import (
+    FLOAT32_SIGNIFICAND_BITS,
+    OVERFLOW_MODES,
+    ROUND_MODES,
+    float32_exact,
+    quantize_tensor,
+    round_codes,
+)
 
 GRANULARITIES = ('element', 'channel', 'tensor')
 
@@ -187,6 +194,15 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         self.signed = bool(signed)
         self.momentum = float(momentum)
         self.f_trainable = bool(f_trainable)
+        i0 = self.i_init
+        if not float32_exact(np.exp2(i0), self.f_init):
+            raise ValueError(
+                f'{self.name}: the initial format (i_init={i0:g}, f_init={self.f_init:g}) has {i0 + self.f_init:g} '
+                f'significant bits, more than the {FLOAT32_SIGNIFICAND_BITS} that float32 (Keras) holds exactly, so '
+                f'Keras would differ from the firmware; keep i_init + f_init <= {FLOAT32_SIGNIFICAND_BITS}'
+            )
+        # Set by hgq.calibrate while it observes data: called with (quantizer, input) on every (eager) call.
+        self.observer: Callable[[ActivationQuantizer, Any], None] | None = None
 
     @property
     def tracks_range(self) -> bool:
@@ -238,6 +254,8 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
 
     def call(self, x: Any, training: bool | None = None) -> Any:
         self._check_input(x, batch=True)
+        if self.observer is not None:
+            self.observer(self, x)
         f = self.f_int
         if self.tracks_range and training:
             self._track(x)
@@ -331,27 +349,42 @@ class WeightQuantizer(_FixedPointQuantizerBase):
 
     def build(self, weight_shape: Sequence[int]) -> None:
         var_shape = self._set_shape(weight_shape)
-        f0 = self.init_bits if self.f_init is None else self.f_init
-        self.f = self.add_weight(
-            name='f', shape=var_shape, initializer=keras.initializers.Constant(f0), trainable=self.f_trainable
-        )
+        self._fit_source: Callable[[], Any] | None = None
+        self.f = self.add_weight(name='f', shape=var_shape, initializer=self._initial_f, trainable=self.f_trainable)
         super().build(weight_shape)
+
+    def _initial_f(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
+        # Eager builds call this at once (fit_initial_bits then assigns the fitted value). When Keras builds a model
+        # by tracing it (subclassed models), variables are initialized after the trace, in creation order: the
+        # weights first, then this, which then fits f to them.
+        source, self._fit_source = self._fit_source, None
+        if self.f_init is not None or source is None:
+            return ops.full(shape, self.init_bits if self.f_init is None else self.f_init, dtype=dtype)
+        return ops.cast(self._fitted_f(source(), shape), dtype)
+
+    def _fitted_f(self, weights: Any, shape: tuple[int, ...]) -> Any:
+        w = ops.cast(weights, 'float64')
+        if self.granularity == 'channel':
+            axes = _reduce_axes(self.shape, shape, batch=False)
+        else:
+            axes = tuple(range(len(self.shape)))
+        rms = ops.sqrt(ops.mean(ops.square(w), axis=axes, keepdims=True)) if axes else ops.abs(w)
+        rms = ops.where(rms > 0, rms, 1.0)
+        return ops.broadcast_to(ops.ceil(self.init_bits - 1 - ops.log2(rms)), shape)
 
     def fit_initial_bits(self, weights: Any) -> None:
         """Set ``f`` so that weights of typical magnitude keep ``init_bits`` significant bits.
 
         The typical magnitude is the root mean square over the whole tensor (``element``/``tensor``) or over each
-        channel (``channel``). Does nothing when ``f_init`` was given.
+        channel (``channel``). Does nothing when ``f_init`` was given. ``weights`` may be a function returning them,
+        which lets a model that Keras builds by tracing it (a subclassed model) fit ``f`` once the weights exist.
         """
         if self.f_init is not None:
             return
-        w = np.asarray(ops.convert_to_numpy(weights), dtype=np.float64)
-        axes = _reduce_axes(self.shape, self.f.shape, batch=False)
-        axes = tuple(range(w.ndim)) if self.granularity == 'element' else axes
-        rms = np.sqrt(np.mean(w**2, axis=axes, keepdims=True))
-        rms = np.where(rms > 0, rms, 1.0)
-        f = np.ceil(self.init_bits - 1 - np.log2(rms))
-        self.f.assign(np.broadcast_to(f, self.f.shape).astype(self.f.dtype))
+        if callable(weights) or isinstance(weights, keras.Variable):
+            self._fit_source = weights if callable(weights) else lambda: weights
+        value = weights() if callable(weights) else weights
+        self.f.assign(ops.cast(self._fitted_f(value, tuple(self.f.shape)), self.f.dtype))
 
     def call(self, w: Any) -> Any:
         self._check_input(w, batch=False)

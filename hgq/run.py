@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -30,15 +31,17 @@ from typing import Any
 
 import keras
 import numpy as np
+from keras import ops
 
 from hgq.calibrate import calibrate
 from hgq.callbacks import ParetoFront, ParetoPoint, read_front
-from hgq.config import OPTIMIZERS, ExportConfig, RunConfig, build_model, load_config, parse_config
+from hgq.config import OPTIMIZERS, ConfigError, ExportConfig, RunConfig, build_model, load_config, parse_config
 from hgq.convert import to_hls
 from hgq.datasets import Dataset, load
 from hgq.summary import layer_rows
 
 __all__ = ['run', 'train', 'select_points', 'process_point', 'check_model', 'write_report', 'RUNNING', 'FAILED']
+__all__ += ['DivergedError']
 
 RUNNING = 'RUNNING'
 FAILED = 'FAILED'
@@ -134,7 +137,8 @@ def select_points(
     [2, 4]
     """
     sign = 1.0 if side == 'max' else -1.0
-    candidates = [p for p in points if min_metric is None or sign * (p.values[metric] - min_metric) >= 0]
+    finite = [p for p in points if math.isfinite(p.values[metric]) and math.isfinite(p.values['ebops'])]
+    candidates = [p for p in finite if min_metric is None or sign * (p.values[metric] - min_metric) >= 0]
     candidates.sort(key=lambda p: (p.values['ebops'], p.epoch))
     if n <= 0 or not candidates:
         return []
@@ -235,15 +239,75 @@ def _metrics(result: dict[str, Any]) -> dict[str, float]:
     return {k: result[k] for k in ('test_accuracy', 'test_mse') if k in result}
 
 
-def _run_dir(config: RunConfig, out_dir: str | os.PathLike | None) -> Path:
+class DivergedError(ValueError):
+    """Training produced non-finite losses or weights (too high a learning rate, or non-finite data)."""
+
+
+def _running_pid(run_dir: Path) -> int | None:
+    """The process id in ``RUNNING`` when that process still lives (a run in progress), else ``None``."""
+    try:
+        pid = int((run_dir / RUNNING).read_text().split(' pid ')[1].split()[0])
+        os.kill(pid, 0)
+    except (OSError, IndexError, ValueError):
+        return None
+    return pid
+
+
+def _is_run_dir(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in (RUNNING, FAILED, 'config.yaml', 'pareto'))
+
+
+def _run_dir(config: RunConfig, out_dir: str | os.PathLike | None, overwrite: bool = False) -> Path:
+    """Create (or, with ``overwrite``, empty) the run directory, checking it before any work starts."""
     if out_dir is None:
         stamp = datetime.now().strftime('%Y%m%d-%H%M%S')
         out_dir = Path(config.output) / f'{config.name}-{stamp}'
     run_dir = Path(out_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f'run directory {run_dir} exists and is not empty; choose another --out')
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f'run directory {run_dir} is a file; choose a directory for --out')
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(
+                f'run directory {run_dir} exists and is not empty; choose another --out or pass --overwrite'
+            )
+        if not _is_run_dir(run_dir):
+            raise FileExistsError(f'--overwrite: {run_dir} is not a run directory (no config.yaml); not deleting it')
+        pid = _running_pid(run_dir)
+        if pid is not None and pid != os.getpid():
+            raise FileExistsError(f'--overwrite: a run (pid {pid}) is still writing to {run_dir}')
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / '.write-test'
+        probe.write_text('')
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f'cannot write the run directory {run_dir}: {err.strerror or err}') from None
     return run_dir
+
+
+def _check_finite_data(data: Dataset) -> None:
+    for name in ('x_train', 'y_train', 'x_val', 'y_val', 'x_test', 'y_test'):
+        values = np.asarray(getattr(data, name))
+        if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+            bad = int(np.sum(~np.isfinite(values)))
+            raise ValueError(f'data set {data.name}: {name} holds {bad} NaN or infinite values')
+
+
+def _check_converged(history: dict[str, list[float]], model: keras.Model) -> None:
+    """Raise :class:`DivergedError` when a loss or a weight of the trained model is not finite."""
+    for key in ('loss', 'val_loss'):
+        for epoch, value in enumerate(history.get(key, []), start=1):
+            if not math.isfinite(value):
+                raise DivergedError(
+                    f'training diverged: {key} is {value} at epoch {epoch}; lower training.learning_rate '
+                    '(or check the data)'
+                )
+    broken = [w.path for w in model.weights if not np.all(np.isfinite(ops.convert_to_numpy(w)))]
+    if broken:
+        raise DivergedError(
+            f'training diverged: weights {broken[:3]} are not finite; lower training.learning_rate (or check the data)'
+        )
 
 
 def _as_config(config: RunConfig | str | os.PathLike | dict[str, Any]) -> RunConfig:
@@ -261,6 +325,7 @@ def run(
     convert: bool = True,
     verbose: int = 1,
     print_fn: Say = print,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run a configuration end to end: train, keep the Pareto front, calibrate, convert, check bit-exactness.
 
@@ -270,6 +335,7 @@ def run(
         The run configuration (see :mod:`hgq.config`).
     out_dir : path, optional
         The run directory (must be new or empty). Default: ``<config.output>/<name>-<date>-<time>``.
+        Checked (a directory, writable) before anything else happens.
     epochs : int, optional
         Overrides ``training.epochs``.
     convert : bool
@@ -278,6 +344,8 @@ def run(
         0: silent; 1: progress lines and one line per epoch.
     print_fn : callable
         Where progress lines go.
+    overwrite : bool
+        Delete ``out_dir`` first if it holds a run (complete, failed or killed; not one still running).
 
     Returns
     -------
@@ -292,11 +360,11 @@ def run(
     """
     config = _as_config(config)
     if epochs is not None:
-        if epochs <= 0:
-            raise ValueError(f'epochs must be a positive integer, got {epochs}')
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs <= 0:
+            raise ConfigError(f'epochs (--epochs): expected a positive integer, got {epochs!r}')
         config = replace(config, training=replace(config.training, epochs=int(epochs)))
     say: Say = (lambda text: print_fn(f'[hgq] {text}')) if verbose else _quiet
-    run_dir = _run_dir(config, out_dir)
+    run_dir = _run_dir(config, out_dir, overwrite)
     started = datetime.now(timezone.utc)
     (run_dir / RUNNING).write_text(f'started {started.isoformat()} pid {os.getpid()}\n')
     try:
@@ -321,10 +389,12 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     say(f'loading data set {config.dataset.name}')
     data = load(config.dataset.name, **config.dataset.options)
     say(f'{data}')
+    _check_finite_data(data)
     say(f'training {config.training.epochs} epochs')
     train_start = time.perf_counter()
-    _, history, front = train(config, data, run_dir, verbose)
+    model, history, front = train(config, data, run_dir, verbose)
     train_s = time.perf_counter() - train_start
+    _check_converged(history, model)
     _write_json(run_dir / 'history.json', history)
     metric, side = front.metrics[0], front.sides[front.metrics[0]]
     points = read_front(front.directory)

@@ -305,7 +305,7 @@ class HBatchNormalization(_BatchNormStatistics, HLayer):
         self.input_quantizer.build(input_shape)
         self._build_batchnorm(channels)
         self.scale_quantizer.build((channels,))
-        self.scale_quantizer.fit_initial_bits(self.normalization()[0])
+        self.scale_quantizer.fit_initial_bits(lambda: self.normalization()[0])
         self.offset_quantizer.build((channels,))
         super().build(input_shape)
 

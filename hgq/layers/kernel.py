@@ -110,7 +110,7 @@ class HKernelLayer(HLayer):
         )
         self.build_bias()
         self.kernel_quantizer.build(kernel_shape)
-        self.kernel_quantizer.fit_initial_bits(self.float_kernel_and_bias()[0])
+        self.kernel_quantizer.fit_initial_bits(lambda: self.float_kernel_and_bias()[0])
         if self.use_bias:
             self.bias_quantizer.build((self.units_out,))
         super().build(input_shape)

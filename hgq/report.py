@@ -3,7 +3,9 @@
 Reads what Vivado/Vitis HLS and Vivado wrote into an hls4ml project directory, through
 ``hls4ml.report.parse_vivado_report``: the HLS report ``<project>_prj/solution1/syn/report/<project>_csynth.xml``
 (latency, initiation interval, estimated resources) and Vivado's ``vivado_synth.rpt`` (post-synthesis LUT, FF,
-DSP, BRAM), plus the ``hgq_meta.json`` that :func:`hgq.to_hls` wrote (EBOPs, settings).
+DSP, BRAM), plus the ``hgq_meta.json`` that :func:`hgq.to_hls` wrote (EBOPs, settings), and ``synth.json`` from
+:func:`hgq.synth` (yosys LUTs of the traced Verilog) as a third column; a directory with only ``synth.json``
+(``hgq synth -o DIR``) is reported too.
 
 Examples
 --------
@@ -24,10 +26,12 @@ from xml.etree import ElementTree
 
 from hls4ml.report import parse_vivado_report
 
+from hgq.conversion import read_meta
+
 __all__ = ['ReportError', 'read_report', 'format_table', 'format_json', 'RESOURCES']
 
 RESOURCES = ('LUT', 'FF', 'DSP', 'BRAM_18K', 'URAM')
-DSP_LUT_EQUIVALENT = 55  # EBOPs track LUT + 55 * DSP (DESIGN.md)
+DSP_LUT_EQUIVALENT = 55  # EBOPs track LUT + 55 * DSP (README, "Design notes")
 
 
 class ReportError(ValueError):
@@ -111,10 +115,12 @@ def read_report(project_dir: str | Path) -> dict[str, Any]:
     path = Path(project_dir)
     if not path.is_dir():
         raise ReportError(f'project directory {path} does not exist')
+    yosys = _yosys_section(path)
+    if yosys is not None and not (path / 'project.tcl').is_file():
+        return _yosys_only(path, yosys)
     settings = _project_settings(path)
     name = settings['project_name']
-    meta_file = path / 'hgq_meta.json'
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else None
+    meta = read_meta(path)
     if not _has_solution(path, name) and not (path / 'vivado_synth.rpt').is_file():
         raise ReportError(
             f'no synthesis reports in {path}: run HLS synthesis first (hls_model.build(csynth=True, vsynth=True), '
@@ -141,6 +147,34 @@ def read_report(project_dir: str | Path) -> dict[str, Any]:
         'ebops': None if meta is None else meta.get('ebops'),
         'lut_plus_55_dsp': None if lut is None or dsp is None else lut + DSP_LUT_EQUIVALENT * dsp,
         'meta': meta,
+        'yosys': yosys,
+    }
+
+
+def _yosys_section(path: Path) -> dict[str, Any] | None:
+    """``synth.json`` written by :func:`hgq.synth` (yosys resources and the Verilog check), if present."""
+    file = path / 'synth.json'
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f'{file} is not valid JSON ({err}); rerun hgq synth') from None
+
+
+def _yosys_only(path: Path, yosys: dict[str, Any]) -> dict[str, Any]:
+    lut, dsp = yosys.get('lut'), yosys.get('dsp')
+    return {
+        'project': yosys.get('model', path.name),
+        'backend': 'yosys',
+        'part': yosys.get('part_family'),
+        'clock_period_ns': None,
+        'hls': None,
+        'vivado_synth': None,
+        'ebops': yosys.get('ebops'),
+        'lut_plus_55_dsp': None if lut is None or dsp is None else lut + DSP_LUT_EQUIVALENT * dsp,
+        'meta': None,
+        'yosys': yosys,
     }
 
 
@@ -151,7 +185,10 @@ def _parse(path: Path, name: str) -> dict[str, Any]:
         with contextlib.redirect_stdout(io.StringIO()):  # the parser prints a line for every report it misses
             return parse_vivado_report(str(path)) or {}
     except (IndexError, AttributeError, ElementTree.ParseError) as err:
-        raise ReportError(f'cannot read the synthesis reports in {path}: {type(err).__name__}: {err}') from None
+        raise ReportError(
+            f'cannot read the synthesis reports in {path} ({name}_prj/solution1/syn/report/{name}_csynth.xml): '
+            f'not the report Vivado/Vitis HLS writes ({type(err).__name__}: {err})'
+        ) from None
 
 
 def _synth_only(path: Path) -> dict[str, Any]:
@@ -184,11 +221,13 @@ def _range(pair: dict[str, Any], low: str, high: str) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a plain-text table (HLS estimate and Vivado synthesis side by side)."""
-    hls, synth = report['hls'] or {}, report['vivado_synth'] or {}
+    hls, synth, yosys = report['hls'] or {}, report['vivado_synth'] or {}, report.get('yosys') or {}
+    yosys_values = {'LUT': yosys.get('lut'), 'FF': yosys.get('ff'), 'DSP': yosys.get('dsp')}
+    yosys_values['BRAM_18K'] = yosys.get('bram')
     lines = [
         f'project {report["project"]}  backend {_fmt(report["backend"])}  part {_fmt(report["part"])}  '
         f'clock {_fmt(report["clock_period_ns"])} ns',
-        f'{"":<18}{"HLS estimate":>16}{"Vivado synth":>16}',
+        f'{"":<18}{"HLS estimate":>16}{"Vivado synth":>16}' + (f'{"yosys":>16}' if yosys else ''),
     ]
     if hls:
         lines.append(f'{"latency [cycles]":<18}{_range(hls["latency_cycles"], "best", "worst"):>16}{"":>16}')
@@ -197,9 +236,17 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f'{"est. clock [ns]":<18}{_fmt(hls["estimated_clock_ns"]):>16}{"":>16}')
     for key in RESOURCES:
         hls_value = hls['resources'].get(key) if hls else None
-        lines.append(f'{key:<18}{_fmt(hls_value):>16}{_fmt(synth.get(key)):>16}')
+        yosys_value = f'{_fmt(yosys_values.get(key)):>16}' if yosys else ''
+        lines.append(f'{key:<18}{_fmt(hls_value):>16}{_fmt(synth.get(key)):>16}{yosys_value}')
     lines.append(f'{"EBOPs":<18}{_fmt(report["ebops"]):>16}')
     lines.append(f'{"LUT + 55 DSP":<18}{_fmt(report["lut_plus_55_dsp"]):>16}')
+    if yosys:
+        checked = f'{yosys.get("mismatches")}/{yosys.get("n_checked")}' if yosys.get('n_checked') else 'not checked'
+        lines.append(
+            f'yosys ({_fmt(yosys.get("part_family"))}): carry {_fmt(yosys.get("carry"))}, depth '
+            f'{_fmt(yosys.get("depth"))}, da4ml estimate {_fmt(yosys.get("estimate_lut"))} LUT, '
+            f'Verilog mismatches {checked}'
+        )
     return '\n'.join(lines)
 
 

@@ -1,0 +1,87 @@
+"""``hgq.cost``: the LUT estimate's terms counted by hand, its differentiable form and its use as a penalty."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hgq
+from hgq.cost import COST_TERMS, LUT_COEFFICIENTS, LUTPenalty, cost_terms, lut_cost, lut_estimate
+from hgq.layers import HConv1D, HDense, HQuantize
+
+
+def _two_layer_model() -> keras.Model:
+    """2 -> 2 -> 1 with hand-set weights and bits: every term can be counted by hand."""
+    model = keras.Sequential([
+        keras.Input((2,)),
+        HDense(2, activation='relu', use_bias=False, input_quantizer={'f_init': 2}, kernel_quantizer={'f_init': 3}),
+        HDense(1, use_bias=False, input_quantizer={'f_init': 1}, kernel_quantizer={'f_init': 3}),
+    ])  # fmt: skip
+    model.layers[0].kernel.assign(np.array([[0.75, 0.0], [-0.5, 1.0]], dtype='float32'))  # bits 2, 0 / 1, 1
+    model.layers[1].kernel.assign(np.array([[0.625], [0.0]], dtype='float32'))  # bits 3, 0
+    # inputs in [0, 1.5]: unsigned, 1 integer bit, 2 fractional bits -> 3 bits each
+    hgq.calibrate(model, np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]], dtype='float32'))
+    return model
+
+
+def test_terms_counted_by_hand() -> None:
+    model = _two_layer_model()
+    assert model.layers[0].input_bits_exact().tolist() == [3, 3]
+    hidden_bits = model.layers[1].input_bits_exact()
+    assert hidden_bits[0] > 0
+    terms = cost_terms(model)
+    # layer 1: bits(a) = (3, 3), bits(w) = [[2, 0], [1, 1]]; layer 2: bits(a) = hidden_bits, bits(w) = (3, 0)
+    ebops = 3 * 2 + 3 * 1 + 3 * 1 + hidden_bits[0] * 3
+    adder = 3 * 1 + 3 * 1 + 3 * 1 + hidden_bits[0] * 1
+    weight = 2 + 1 + 1 + 3
+    assert terms == {'ebops': ebops, 'adder_bits': adder, 'weight_bits': weight, 'act_bits': hidden_bits.sum()}
+    assert terms['ebops'] == hgq.ebops(model)
+
+
+def test_convolution_terms_count_every_output_position() -> None:
+    model = keras.Sequential([keras.Input((8, 2)), HQuantize(), HConv1D(3, 3, parallelization_factor=1)])
+    hgq.calibrate(model, np.random.default_rng(0).normal(size=(256, 8, 2)).astype('float32'))
+    positions = model.layers[1].n_output_positions
+    assert positions == 6
+    # EBOPs count one multiplier array reused over the positions; the fully parallel logic has all of them
+    assert cost_terms(model)['ebops'] == pytest.approx(hgq.ebops(model) * positions)
+
+
+def test_estimate_is_the_weighted_sum_without_intercept() -> None:
+    model = _two_layer_model()
+    terms = cost_terms(model)
+    assert lut_estimate(model) == pytest.approx(sum(LUT_COEFFICIENTS[t] * terms[t] for t in COST_TERMS))
+    assert lut_estimate(model, {'adder_bits': 2.0}) == 2 * terms['adder_bits']
+    assert all(c >= 0 for c in LUT_COEFFICIENTS.values()) and any(c > 0 for c in LUT_COEFFICIENTS.values())
+    with pytest.raises(ValueError, match='unknown cost terms'):
+        lut_estimate(model, {'luts': 1.0})
+
+
+def test_differentiable_cost_has_gradients_towards_fewer_bits() -> None:
+    model = _two_layer_model()
+    variables = [q.f for layer in model.layers for q in layer.quantizers if q.f.trainable]
+    with tf.GradientTape() as tape:
+        cost = lut_cost(model)
+    grads = tape.gradient(cost, variables)
+    assert float(cost) > 0
+    assert all(g is not None and np.all(np.isfinite(g)) for g in grads)
+    # more fractional bits cost more LUTs: the gradient w.r.t. every kernel's f is >= 0 and somewhere > 0
+    assert all(np.all(g.numpy() >= 0) for g in grads) and any(np.any(g.numpy() > 0) for g in grads)
+
+
+def test_lut_penalty_trains_towards_a_cheaper_model() -> None:
+    x = np.random.default_rng(0).normal(size=(512, 8)).astype('float32')
+    y = (x[:, :3].sum(axis=1) > 0).astype('int64')
+
+    def trained(weight: float) -> float:
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), HQuantize(), HDense(16, activation='relu'), HDense(2)])
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(keras.optimizers.Adam(3e-2), LUTPenalty(loss, model, weight))
+        model.fit(x, y, epochs=8, batch_size=64, verbose=0)
+        hgq.calibrate(model, x)
+        return lut_estimate(model)
+
+    assert trained(1e-2) < 0.8 * trained(0.0)

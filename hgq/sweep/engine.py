@@ -329,7 +329,7 @@ class _Sweep:
             return _Job(tag, lambda: remote.remote(*args), lambda: clear_outputs(self.directory, tag), errors)
 
         def done(job: _Job, value: dict[str, Any]) -> None:
-            models[job.key] = value
+            models[job.key] = value = json.loads(result_path(self.directory, job.key).read_text())
             checked = (
                 f', {value["mismatches"]} of {value["n_checked"]} test samples differ' if value.get('converted') else ''
             )

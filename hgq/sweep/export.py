@@ -19,6 +19,13 @@ from hgq.sweep.trial import check_visible, limit_threads
 __all__ = ['export_point', 'result_path', 'clear_outputs']
 
 
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays."""
+    if hasattr(value, 'tolist'):
+        return value.tolist()
+    raise TypeError(f'cannot write {type(value).__name__} to JSON')
+
+
 def result_path(sweep_dir: Path, tag: str) -> Path:
     """Where the result of model ``tag`` is stored (its presence means the model is done)."""
     return sweep_dir / 'models' / f'{tag}.json'
@@ -60,5 +67,5 @@ def export_point(
     result = process_point(checkpoint, tag, data, directory, run_config, convert)
     result['trial'] = point['trial']
     result['export_s'] = round(time.perf_counter() - start, 2)
-    write_text_atomic(result_path(directory, tag), json.dumps(result, indent=1))
+    write_text_atomic(result_path(directory, tag), json.dumps(result, indent=1, default=_plain))
     return result

@@ -150,10 +150,15 @@ def set_path(config: dict[str, Any], key: str, value: Any) -> None:
 
 
 def _short_key(key: str, keys: Sequence[str]) -> str:
-    """The shortest dotted suffix of ``key`` that no other key ends with (``units`` for ``model.layers.1.units``)."""
+    """The shortest dotted suffix of ``key`` that no other key ends with and that starts with a name.
+
+    ``units`` for ``model.layers.1.units`` alone; ``layers.1.units`` beside ``x.units``.
+    """
     parts = key.split('.')
     for n in range(1, len(parts) + 1):
         suffix = '.'.join(parts[-n:])
+        if parts[-n].isdigit():  # 'layers.1.units', not '1.units'
+            continue
         if not any(other != key and (other == suffix or other.endswith('.' + suffix)) for other in keys):
             return suffix
     return key

@@ -97,7 +97,7 @@ def pareto(
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:,.0f}' if v >= 1 else f'{v:g}'))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel('EBOPs' if cost == 'ebops' else cost)
+    ax.set_xlabel({'ebops': 'EBOPs', 'lut': 'LUTs (yosys)'}.get(cost, cost))
     ax.set_ylabel(metric)
     ax.grid(True, which='both', alpha=0.3)
     if values or history:

@@ -232,7 +232,23 @@ def process_point(
         result.update(check_model(model, data, run_dir / 'hls' / tag, config.export, say))
         if result.get('converted'):
             say(f'  {result["mismatches"]} of {result["n_checked"]} test samples differ from Keras')
+    if config.export.synth:
+        result.update(synth_model(model, data, run_dir / 'synth' / tag, config.export, say))
     return result
+
+
+def synth_model(
+    model: keras.Model, data: Dataset, directory: Path, export: ExportConfig, say: Say = _quiet
+) -> dict[str, Any]:
+    """:func:`hgq.synth` (yosys LUTs, Verilog checked on the first ``export.n_test`` test inputs) of one model."""
+    from hgq.rtl import synth
+
+    n = len(data.x_test) if export.n_test is None else min(export.n_test, len(data.x_test))
+    say(f'  tracing to Verilog and synthesizing with yosys in {directory}')
+    done = synth(model, directory, check=data.x_test[:n], verbose=False)
+    say(f'  yosys: {done["lut"]:,} LUTs; Verilog: {done["mismatches"]} of {n} test samples differ from Keras')
+    keys = ('lut', 'ff', 'carry', 'dsp', 'depth', 'estimate_lut', 'mismatches', 'n_checked', 'seconds')
+    return {'lut': done['lut'], 'synth': {k: done[k] for k in keys}}
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float]:
@@ -390,6 +406,11 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     data = load(config.dataset.name, **config.dataset.options)
     say(f'{data}')
     _check_finite_data(data)
+    if config.export.synth:
+        from hgq.rtl.verilog import require_tool
+
+        for tool in ('yosys', 'iverilog', 'vvp'):  # export.synth: fail before training, not after it
+            require_tool(tool)
     say(f'training {config.training.epochs} epochs')
     train_start = time.perf_counter()
     model, history, front = train(config, data, run_dir, verbose)
@@ -412,6 +433,9 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
         models.append(process_point(point, tag, data, run_dir, config, convert, say))
     marked = [{**m['training'], 'label': m['tag'].split('-')[0]} for m in models]
     plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=history, marked=marked, title=config.name)
+    synthesized = [{**mark, 'lut': m['lut']} for mark, m in zip(marked, models, strict=True) if m.get('lut')]
+    if synthesized:
+        plot_pareto(synthesized, run_dir / 'pareto-lut.png', metric=metric, cost='lut', title=config.name)
     results = {
         'status': 'complete',
         'name': config.name,
@@ -446,13 +470,18 @@ def model_table(results: dict[str, Any]) -> str:
     """The per-model Markdown table of a run's results."""
     metric = results['pareto_metric']
     head = f'| model | epoch | {metric} | test acc (Keras) | test acc (HLS) | EBOPs | mismatches | HLS project |'
-    lines = [head, '|' + '---|' * 8]
+    synth = any('synth' in m for m in results['models'])
+    head += ' LUT (yosys) | Verilog mismatches |' if synth else ''
+    lines = [head, '|' + '---|' * (10 if synth else 8)]
     for m in results['models']:
         mismatches = f'{m["mismatches"]} / {m["n_checked"]}' if m.get('converted') else 'not converted'
         project = f'`{Path(m["hls_project"]).name}`' if m.get('converted') else '-'
         test = m.get('test_accuracy', m.get('test_mse'))
         cells = [m['tag'], str(m['epoch']), _fmt(m['training'][metric]), _fmt(test), _fmt(m.get('test_accuracy_hls'))]
         cells += [f'{m["ebops"]:,.0f}', mismatches, project]
+        if synth:
+            y = m.get('synth')
+            cells += [f'{y["lut"]:,}', f'{y["mismatches"]} / {y["n_checked"]}'] if y else ['-', '-']
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
@@ -480,6 +509,7 @@ def write_report(results: dict[str, Any], path: str | os.PathLike) -> Path:
         '',
         '![Pareto front](pareto.png)',
         '',
+        *(['![Accuracy vs yosys LUTs](pareto-lut.png)', ''] if any('lut' in m for m in results['models']) else []),
         f'## Pareto front ({len(results["front"])} checkpoints, EBOPs before calibration)',
         '',
         f'| epoch | {metric} | EBOPs | file |',

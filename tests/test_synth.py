@@ -229,3 +229,29 @@ def test_report_shows_synth_json(mlp_result, capsys: pytest.CaptureFixture) -> N
     lut_row = next(line for line in table.splitlines() if line.startswith('LUT '))
     assert lut_row.split()[-1] == str(result['lut'])
     assert f'Verilog mismatches 0/{N_CHECK}' in table
+
+
+def test_run_with_export_synth_adds_lut_columns_and_plot(tmp_path: Path) -> None:
+    from hgq.run import run
+
+    config = {
+        'name': 'digits_synth',
+        'dataset': {'name': 'digits'},
+        'model': {
+            'layers': [
+                {'type': 'HQuantize'},
+                {'type': 'HDense', 'units': 6, 'activation': 'relu'},
+                {'type': 'HDense', 'units': 10},
+            ]
+        },  # fmt: skip
+        'training': {'epochs': 2, 'batch_size': 64, 'beta': {'schedule': [[0, 1e-4], [2, 1e-3]]}},
+        'export': {'n_models': 1, 'n_test': 200, 'synth': True},
+    }
+    results = run(config, tmp_path / 'run', convert=False, verbose=0)
+    entry = results['models'][0]
+    assert entry['lut'] > 0 and entry['synth']['mismatches'] == 0 and entry['synth']['n_checked'] == 200
+    saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
+    assert saved['models'][0]['lut'] == entry['lut']
+    report = (tmp_path / 'run' / 'report.md').read_text()
+    assert 'LUT (yosys)' in report and f'{entry["lut"]:,}' in report
+    assert (tmp_path / 'run' / 'pareto-lut.png').stat().st_size > 1000

@@ -274,3 +274,18 @@ def test_h_layers_inside_a_custom_layer_are_found_and_counted():
     assert sum(isinstance(layer, HDense) for layer in h_layers(model)) == 2
     hgq.calibrate(model, X)
     assert len(hgq.layer_ebops(model)) == 2
+
+
+def test_to_hls_refuses_subclassed_and_inexact_models_clearly(tmp_path):
+    from hgq.conversion import ConversionError
+
+    model = SubclassedMLP()
+    model(X[:2])
+    hgq.calibrate(model, X)
+    with pytest.raises(ConversionError, match='is a subclassed keras.Model.*keras.Model\\(inputs, outputs\\)'):
+        hgq.to_hls(model, tmp_path / 'a')
+    dense = HDense(3, input_quantizer={'f_init': 14}, kernel_quantizer={'f_init': 14})
+    wide = keras.Sequential([keras.Input((4,)), dense])
+    with pytest.raises(ConversionError, match=r'cannot be bit-exact \(Keras computes in float32\): h_dense'):
+        hgq.to_hls(wide, tmp_path / 'b', allow_uncalibrated=True)
+    assert not (tmp_path / 'b').exists()

@@ -29,6 +29,7 @@ from hgq._version import __version__
 from hgq.conversion import ConversionError, ConversionSettings
 from hgq.convert.registry import register
 from hgq.ebops import h_layers, layer_ebops
+from hgq.exactness import float32_problems
 from hgq.fileio import write_text_atomic
 from hgq.layers.base import HLayer
 from hgq.layers.pooling import HPooling
@@ -252,9 +253,18 @@ def to_hls(
     settings = replace(settings or ConversionSettings(), **named)
     if not model.built:
         raise ConversionError(f'model {model.name!r} is not built; give it an Input or call it on data first')
+    if not hasattr(model, 'inputs'):
+        raise ConversionError(
+            f'model {model.name!r} is a subclassed keras.Model: hls4ml converts functional and Sequential models '
+            'only; build the same layers into keras.Model(inputs, outputs) to convert them'
+        )
     check_supported(model, settings.io_type)
     if not allow_uncalibrated:
         check_calibrated(model)
+    inexact = float32_problems(model)
+    if inexact:
+        listed = '; '.join(inexact)
+        raise ConversionError(f'model {model.name!r} cannot be bit-exact (Keras computes in float32): {listed}')
     output_dir = check_output_dir(output_dir, settings.project_name, overwrite)
     hls_config = _hls_config(settings.strategy, kwargs.pop('hls_config', None))
     hls_model = hls4ml.converters.convert_from_keras_model(

@@ -29,7 +29,7 @@ __all__ = ['GridAxis', 'Trial', 'parse_axis', 'grid_trials', 'set_path', 'resolv
 
 # Grid keys that do not describe a trial: the sweep names trials and places their directories itself.
 RESERVED_KEYS = ('name', 'output')
-_NAME_CHARS = re.compile(r'[^A-Za-z0-9._=+-]')
+_VALUE_CHARS = re.compile(r'[^A-Za-z0-9._+-]+')  # runs of these become one '-' in a trial's directory name
 _MODEL_NAME_CHARS = re.compile(r'[^A-Za-z0-9_.-]')  # what Keras accepts in a model's name
 _MAX_NAME = 80
 
@@ -165,10 +165,13 @@ def _short_key(key: str, keys: Sequence[str]) -> str:
 
 
 def _trial_name(overrides: Sequence[tuple[str, Any]]) -> str:
+    """``key=value`` pairs joined by ``_``; a hash of the overrides is appended if a value had to be simplified
+    (``beta=target-2000-1a2b3c4d`` for ``{target: 2000}``) or the name is long."""
     keys = [key for key, _ in overrides]
-    readable = '_'.join(f'{_short_key(key, keys)}={_text(value)}' for key, value in overrides) or 'base'
-    name = _NAME_CHARS.sub('-', readable)
-    if name != readable or len(name) > _MAX_NAME:
+    texts = [_text(value) for _, value in overrides]
+    slugs = [text if not _VALUE_CHARS.search(text) else _VALUE_CHARS.sub('-', text).strip('-') for text in texts]
+    name = '_'.join(f'{_short_key(key, keys)}={slug}' for key, slug in zip(keys, slugs, strict=True)) or 'base'
+    if slugs != texts or len(name) > _MAX_NAME:
         digest = hashlib.sha1(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
         name = f'{name[:_MAX_NAME]}-{digest}'
     return name

@@ -70,6 +70,7 @@ COMMANDS: tuple[Command, ...] = (
     Command('report', 'hgq_cli.report', 'latency, II and resources of a synthesized project, with EBOPs'),
     Command('synth', 'hgq.rtl.command', 'trace a model to Verilog, check it bit-exact (iverilog), LUTs from yosys'),
     Command('sweep', 'hgq_cli.sweep', 'train a grid of configurations on Ray, merge their Pareto fronts, export'),
+    Command('allocate', 'hgq.allocate.command', 'fixed bitwidths within an EBOPs budget: HAWQ-V3, OMPQ or cluster'),
 )
 
 

@@ -273,3 +273,30 @@ def test_allocate_checks_its_arguments_first(digits_model):
         allocate(model, x, method='hawq_v3')
     with pytest.raises(ValueError, match='finetune_epochs > 0 needs the targets y'):
         allocate(model, x, method='ompq', budget_ebops=1000, finetune_epochs=1)
+
+
+def test_cli_allocate_writes_a_model_within_the_budget(digits_model, tmp_path, capsys):
+    from hgq_cli import main
+
+    model, x, y, _ = digits_model
+    model.save(tmp_path / 'float.keras')
+    np.save(tmp_path / 'x.npy', x[:1200])
+    np.save(tmp_path / 'y.npy', y[:1200])
+    out = tmp_path / 'allocated.keras'
+    common = ['allocate', str(tmp_path / 'float.keras'), '--data', str(tmp_path / 'x.npy'), '--targets']
+    common += [str(tmp_path / 'y.npy'), '--method', 'hawq_v3', '-o', str(out)]
+    assert main([*common, '--budget-ebops', '3000', '--quiet']) == 0
+    assert hgq.ebops(keras.models.load_model(out)) <= 3000
+    out.unlink()
+    assert main([*common, '--budget-ebops', '10']) == 2
+    assert 'minimum feasible' in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_allocated_model_converts_bit_exactly(digits_model, tmp_path):
+    from csim import assert_csim_bit_exact
+
+    model, x, y, _ = digits_model
+    h_model = allocate(model, x[:1200], y[:1200], method='hawq_v3', budget_ebops=2500, verbose=0)
+    assert_csim_bit_exact(h_model, x[:1200], tmp_path)  # on the data and on the data doubled (overflows)

@@ -29,7 +29,7 @@ from typing import Any
 import keras
 
 from hgq.callbacks import INTERPOLATIONS, BetaSchedule, BetaTarget
-from hgq.conversion import BACKENDS, IO_TYPES, PART_PATTERN, STRATEGIES
+from hgq.conversion import BACKENDS, IO_TYPES, PART_PATTERN, STRATEGIES, ConversionSettings
 from hgq.datasets import DATASETS
 
 __all__ = ['ConfigError', 'RunConfig', 'load_config', 'parse_config', 'build_layers', 'build_model', 'layer_types']
@@ -97,6 +97,10 @@ class ExportConfig:
     strategy: str = 'Latency'
     n_test: int | None = None
     synth: bool = False
+
+    def hls_settings(self) -> ConversionSettings:
+        """The conversion settings of this section (shared with :func:`hgq.to_hls` and ``hgq convert``)."""
+        return ConversionSettings(self.backend, self.part, self.clock_period, self.io_type, self.strategy)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ Examples
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields
 from importlib.util import find_spec
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,11 @@ __all__ = [
     'CheckResult',
     'compare_outputs',
     'check_bit_exact',
+    'META_FILE',
+    'read_meta',
 ]
+
+META_FILE = 'hgq_meta.json'
 
 BACKENDS = ('Vivado', 'Vitis')
 IO_TYPES = ('io_parallel', 'io_stream')
@@ -236,3 +242,23 @@ def check_bit_exact(model: Any, hls_model: Any, x: Any, batch_size: int = 1024) 
     result = compare_outputs(keras_out, hls_out, inputs)
     shaped = [np.asarray(h, dtype=np.float64).reshape(k.shape) for k, h in zip(keras_out, hls_out, strict=True)]
     return result, shaped
+
+
+def read_meta(output_dir: str | Path) -> dict[str, Any] | None:
+    """The ``hgq_meta.json`` that :func:`hgq.to_hls` wrote into a project directory, or ``None`` if there is none.
+
+    Raises
+    ------
+    ConversionError
+        If the file is not a JSON object (corrupt or edited by hand); the message names the file.
+    """
+    path = Path(output_dir) / META_FILE
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConversionError(f'{path} is not valid JSON ({err}); delete it or convert the model again') from None
+    if not isinstance(meta, dict):
+        raise ConversionError(f'{path} must hold a JSON object, got {type(meta).__name__}')
+    return meta

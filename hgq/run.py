@@ -33,10 +33,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from hgq import to_hls
 from hgq.calibrate import calibrate
 from hgq.callbacks import ParetoFront, ParetoPoint, read_front
 from hgq.config import OPTIMIZERS, ConfigError, ExportConfig, RunConfig, build_model, load_config, parse_config
-from hgq.convert import to_hls
+from hgq.conversion import check_bit_exact
 from hgq.datasets import Dataset, load
 from hgq.summary import layer_rows
 
@@ -166,31 +167,23 @@ def check_model(
     x, y = np.ascontiguousarray(data.x_test[:n]), data.y_test[:n]
     start = time.perf_counter()
     say(f'  converting to {export.backend} HLS ({export.io_type}, {export.strategy}) in {directory}')
-    hls_model = to_hls(
-        model,
-        directory,
-        backend=export.backend,
-        part=export.part,
-        clock_period=export.clock_period,
-        io_type=export.io_type,
-        strategy=export.strategy,
-    )
+    hls_model = to_hls(model, directory, export.hls_settings())
     say('  compiling the C simulation')
     hls_model.compile()
     say(f'  checking bit-exactness on {n} test samples')
-    keras_out = np.asarray(model.predict(x, batch_size=1024, verbose=0), dtype=np.float64)
-    hls_out = np.asarray(hls_model.predict(x), dtype=np.float64).reshape(keras_out.shape)
-    differs = np.any((keras_out != hls_out).reshape(n, -1), axis=1)
+    check, hls_outputs = check_bit_exact(model, hls_model, x, batch_size=1024)
+    if check.nonfinite_samples:
+        say(f'  {check.describe()}')
     result = {
         'converted': True,
         'hls_project': str(directory),
         'n_checked': n,
-        'mismatches': int(np.sum(differs)),
-        'max_abs_diff': float(np.max(np.abs(keras_out - hls_out))) if n else 0.0,
+        'mismatches': check.mismatched_samples,
+        'max_abs_diff': check.max_abs_diff,
         'convert_s': round(time.perf_counter() - start, 2),
     }
     if data.task == 'classification':
-        result['test_accuracy_hls'] = _accuracy(hls_out, y)
+        result['test_accuracy_hls'] = _accuracy(hls_outputs[0], y)
     return result
 
 

@@ -300,3 +300,61 @@ def test_one_quantizer_fused_per_distributed_arithmetic_kernel(tmp_path: Path) -
     code = str(hls_model.graph[model.layers[1].name].get_attr('da_codegen'))
     for n in range(6):
         assert code.count(f' model_inp_q_{n} =') == 1
+
+
+# -- refusals before any work ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('layer', [keras.layers.Activation('tanh'), keras.layers.Activation('sigmoid')])
+def test_plain_layers_that_change_values_are_refused(layer: keras.layers.Layer, tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((6,)), HQuantize(), HDense(4), layer])
+    hgq.calibrate(model, RNG.normal(size=(64, 6)).astype('float32'))
+    with pytest.raises(ConversionError, match=f"'{layer.name}' of class .*Activation is not an H-layer and changes"):
+        hgq.to_hls(model, tmp_path / 'prj')
+    assert not (tmp_path / 'prj').exists()
+
+
+def test_pass_through_plain_layers_are_allowed(tmp_path: Path) -> None:
+    model = keras.Sequential(
+        [keras.Input((2, 3)), HQuantize(), keras.layers.Reshape((3, 2)), keras.layers.Flatten()]
+        + [keras.layers.Dropout(0.5), HDense(2)]
+    )
+    hgq.calibrate(model, RNG.normal(size=(64, 2, 3)).astype('float32'))
+    hgq.to_hls(model, tmp_path, write=False)
+
+
+def test_a_directory_with_another_project_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    model = _mlp()
+    hgq.to_hls(model, tmp_path, project_name='first')
+    hgq.to_hls(model, tmp_path, project_name='first')  # the same project again: rewritten in place
+    with pytest.raises(ConversionError, match="holds the hls4ml project 'first'; writing 'second' into it would mix"):
+        hgq.to_hls(model, tmp_path, project_name='second')
+    assert (tmp_path / 'firmware' / 'first.cpp').is_file() and not (tmp_path / 'firmware' / 'second.cpp').exists()
+    hgq.to_hls(model, tmp_path, project_name='second', overwrite=True)
+    assert (tmp_path / 'firmware' / 'second.cpp').is_file() and not (tmp_path / 'firmware' / 'first.cpp').exists()
+
+
+def test_an_output_path_blocked_by_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / 'file').write_text('')
+    with pytest.raises(ConversionError, match='output directory .*file is a file, not a directory'):
+        hgq.to_hls(_mlp(), tmp_path / 'file')
+    with pytest.raises(ConversionError, match='output directory .*file/prj is not writable'):
+        hgq.to_hls(_mlp(), tmp_path / 'file' / 'prj')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('io_type', ['io_parallel', 'io_stream'])
+def test_a_model_output_that_feeds_another_layer_is_exact(io_type: str, tmp_path: Path) -> None:
+    inputs = keras.Input((6,))
+    a = HDense(4, name='a')(HQuantize(name='q')(inputs))
+    b = HDense(2, name='b')(a)
+    model = keras.Model(inputs, [a, b])
+    x = RNG.normal(size=(1000, 6)).astype('float32')
+    hgq.calibrate(model, x)
+    hls_model = hgq.to_hls(model, tmp_path, io_type=io_type)
+    hls_model.compile()
+    x = np.concatenate([x, 4 * x])  # half of it beyond the calibrated range: wraps
+    keras_a, keras_b = model.predict(x, verbose=0)
+    hls_a, hls_b = hls_model.predict(x.astype('float64'))
+    assert np.array_equal(keras_a, hls_a.reshape(keras_a.shape))
+    assert np.array_equal(keras_b, hls_b.reshape(keras_b.shape))

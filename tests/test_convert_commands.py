@@ -11,7 +11,7 @@ import pytest
 
 import hgq
 from hgq.conversion import compare_outputs
-from hgq.layers import HDense, HQuantize
+from hgq.layers import HActivation, HDense, HQuantize
 from hgq_cli import main
 from hgq_cli.common import UserError, load_data
 
@@ -111,3 +111,69 @@ def test_load_data_formats(tmp_path: Path) -> None:
     (tmp_path / 'x.csv').write_text('1,2')
     with pytest.raises(UserError, match=r'must be \.npy'):
         load_data(tmp_path / 'x.csv')
+
+
+# -- clear errors: exit 2 and one line naming the problem ----------------------------------------------------------
+
+
+def _error_line(capsys: pytest.CaptureFixture, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f'hgq {command}: error: ') and '\n' not in err and 'Traceback' not in err, err
+    return err
+
+
+def test_corrupt_or_truncated_model_files(saved: dict[str, Path], tmp_path: Path, capsys) -> None:
+    data = saved['calibrated'].read_bytes()
+    (tmp_path / 'truncated.keras').write_bytes(data[: len(data) // 2])
+    (tmp_path / 'text.keras').write_text('not a model')
+    for name in ('truncated.keras', 'text.keras'):
+        for command in (['convert', '-o', str(tmp_path / 'prj')], ['summary'], ['plot', 'bits']):
+            assert main([*command[:1], *command[1:], str(tmp_path / name)]) == 2
+            err = _error_line(capsys, command[0])
+            assert f'model file {tmp_path / name} is not a .keras archive (truncated or corrupt' in err
+    assert not (tmp_path / 'prj').exists()
+
+
+def test_a_model_with_python_code_needs_unsafe(tmp_path: Path, capsys) -> None:
+    model = keras.Sequential([keras.Input((4,)), HQuantize(), HDense(3), HActivation(lambda x: 0.5 * x)])
+    hgq.calibrate(model, RNG.normal(size=(64, 4)).astype('float32'))
+    model.save(tmp_path / 'lambda.keras')
+    for command in (['convert', '-o', str(tmp_path / 'prj')], ['summary'], ['plot', 'bits']):
+        assert main([*command, str(tmp_path / 'lambda.keras')]) == 2
+        err = _error_line(capsys, command[0])
+        assert 'holds Python code' in err and 'safe_mode=False' in err and '--unsafe' in err
+    assert main(['summary', str(tmp_path / 'lambda.keras'), '--unsafe']) == 0
+    assert 'HActivation' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ('extra', 'message'),
+    [
+        (['--project-name', 'class'], "project_name 'class' is a C++ keyword"),
+        (['--clock-period', 'inf'], 'clock_period must be a finite positive number of ns, got inf'),
+    ],
+)
+def test_settings_the_compiler_or_the_tcl_script_would_reject(saved, extra, message, capsys) -> None:
+    out = saved['root'] / 'bad_setting'
+    assert main(['convert', str(saved['calibrated']), '-o', str(out), *extra]) == 2
+    assert message in _error_line(capsys, 'convert')
+    assert not out.exists()
+
+
+def test_output_directory_problems(saved: dict[str, Path], tmp_path: Path, capsys) -> None:
+    (tmp_path / 'file').write_text('')
+    assert main(['convert', str(saved['calibrated']), '-o', str(tmp_path / 'file' / 'prj')]) == 2
+    assert f'output directory {tmp_path / "file" / "prj"} is not writable' in _error_line(capsys, 'convert')
+    prj = tmp_path / 'prj'
+    assert main(['convert', str(saved['calibrated']), '-o', str(prj), '--project-name', 'one']) == 0
+    capsys.readouterr()
+    assert main(['convert', str(saved['calibrated']), '-o', str(prj), '--project-name', 'two']) == 2
+    err = _error_line(capsys, 'convert')
+    assert "holds the hls4ml project 'one'" in err and '--overwrite' in err
+    assert main(['convert', str(saved['calibrated']), '-o', str(prj), '--project-name', 'two', '--overwrite']) == 0
+    assert (prj / 'firmware' / 'two.cpp').is_file() and not (prj / 'firmware' / 'one.cpp').exists()
+
+
+def test_traceback_flag_shows_the_error(saved: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match='clock_period must be a finite positive number'):
+        main(['--traceback', 'convert', str(saved['calibrated']), '-o', str(tmp_path), '--clock-period', '-1'])

@@ -103,3 +103,22 @@ def test_report_command_table_json_and_errors(tmp_path: Path, capsys: pytest.Cap
     assert 'hgq report: error: project directory' in capsys.readouterr().err
     assert main(['report', str(tmp_path)]) == 2
     assert 'project.tcl is missing' in capsys.readouterr().err
+
+
+def test_well_formed_xml_that_is_not_a_csynth_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    shutil.copytree(FIXTURES / 'vitis_prj', tmp_path / 'prj')
+    report = tmp_path / 'prj' / 'myproject_prj' / 'solution1' / 'syn' / 'report' / 'myproject_csynth.xml'
+    report.write_text('<profile><UserAssignments/></profile>')
+    assert main(['report', str(tmp_path / 'prj')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('hgq report: error: cannot read the synthesis reports') and '\n' not in err
+    assert 'myproject_csynth.xml' in err
+
+
+def test_corrupt_meta_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    shutil.copytree(FIXTURES / 'vitis_prj', tmp_path / 'prj')
+    (tmp_path / 'prj' / 'hgq_meta.json').write_text('{"ebops": 12')
+    assert main(['report', str(tmp_path / 'prj')]) == 2
+    err = capsys.readouterr().err.strip()
+    meta = tmp_path / 'prj' / 'hgq_meta.json'
+    assert err.startswith(f'hgq report: error: {meta} is not valid JSON') and '\n' not in err

@@ -25,6 +25,8 @@ e.g. from HGQ2 models, are left as they are):
 - hls4ml's distributed-arithmetic backend fuses a quantizer into the DA kernel after it; a second quantizer
   before the first (``HQuantize`` then ``HDense``) would be fused into the same kernel again, declaring its
   variables twice. :class:`GuardedFuseQuantizerIntoDA` fuses one quantizer per kernel.
+- ``bit_exact`` sizes a tensor by what its readers request, so a model output that also feeds another layer was
+  narrowed to that layer's request. :func:`separate_outputs` gives such an output its own pass-through quantizer.
 - hls4ml pads max pooling with the value whose top bit is set: the most negative value of a signed type, but the
   largest of an unsigned one (after ``relu``). :class:`SignedMaxPoolPadding` gives such inputs a sign bit.
 - Our headers are shipped in :mod:`hgq.hls_templates`; :func:`write_headers` (a pass of the backends' writer
@@ -78,11 +80,13 @@ __all__ = [
     'quantize_body',
     'is_hgq_graph',
     'mark_graph',
+    'separate_outputs',
     'header_path',
     'write_headers',
 ]
 
 MASK_ATTR = 'hgq_mask_kbi'
+OUTPUT_COPY_ATTR = 'hgq_output_copy'  # marks the pass-through quantizers of separate_outputs
 IR_CLASS = 'HGQFixedPointQuantizer'
 # Rounding modes whose result depends on the sign, so that wrapping before rounding changes it.
 SIGN_DEPENDENT_ROUNDING = ('TRN_ZERO', 'RND_ZERO', 'RND_INF')
@@ -301,9 +305,49 @@ class WidenWrappedTypes(ModelOptimizerPass):
             if node.attributes.get('bit_exact_transformed', False) and not isinstance(node, Input):
                 _widen_wrapped(node)
         for node in nodes:
+            if node.attributes.get(OUTPUT_COPY_ATTR, False):
+                node.attributes[MASK_ATTR] = tuple(np.asarray(m).copy() for m in node.mask_kbi)  # as narrowed
             node.attributes.pop('_produce_kif', None)
             node.attributes.pop('_request_kif', None)
         return True  # applied: not run again in this flow
+
+
+def separate_outputs(model: Any) -> bool:
+    """Before ``bit_exact``: give every model output that also feeds another layer its own pass-through quantizer.
+
+    hls4ml's ``bit_exact`` pass sizes a tensor by what the layers reading it request; a model output read by
+    another layer was narrowed to that layer's request, and the output differed from Keras. The new quantizer is
+    the model output instead: it reads the tensor, requests every bit it can hold (WRAP, TRN, 126 integer and
+    fractional bits) and changes no value, so the tensor keeps the full format it is produced in.
+    """
+    if not is_hgq_graph(model):
+        return True
+    for position, name in enumerate(list(model.outputs)):
+        readers = [node for node in model.graph.values() if name in node.inputs]
+        producer = next((node for node in model.graph.values() if name in node.outputs), None)
+        if not readers or producer is None:
+            continue
+        shape = (1, *model.output_vars[name].shape)
+        masks = (np.ones(shape, np.int16), np.full(shape, 253, np.int16), np.full(shape, 127, np.int16))
+        attributes = {
+            'name': f'{producer.name}_output',
+            'mask_kbi': masks,
+            MASK_ATTR: tuple(m.copy() for m in masks),
+            'SAT': 'WRAP',
+            'RND': 'TRN',
+            'fusible': None,
+            'overrides': {},
+            OUTPUT_COPY_ATTR: True,
+        }
+        node = model.make_node(IR_CLASS, attributes['name'], attributes, [name], [f'{name}_output'])
+        graph = {}
+        for key, value in model.graph.items():
+            graph[key] = value
+            if key == producer.name:
+                graph[node.name] = node
+        model.graph = type(model.graph)(graph)
+        model.outputs[position] = node.outputs[0]
+    return True  # applied: not run again in this flow
 
 
 class GuardedFuseQuantizerIntoDA(FuseQuantizerIntoDALayers):

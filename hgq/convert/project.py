@@ -26,7 +26,7 @@ import keras
 from hls4ml.converters.keras_v3 import layer_handlers
 
 from hgq._version import __version__
-from hgq.conversion import ConversionError, ConversionSettings
+from hgq.conversion import META_FILE, ConversionError, ConversionSettings, read_meta
 from hgq.convert.registry import register
 from hgq.ebops import h_layers, layer_ebops
 from hgq.exactness import float32_problems
@@ -47,7 +47,8 @@ __all__ = [
     'read_meta',
 ]
 
-META_FILE = 'hgq_meta.json'
+# Plain Keras layers that only move values (or drop nothing at inference): allowed between H-layers.
+PASS_THROUGH = (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
 
 
 def _wrap_quantizers(model: keras.Model) -> Iterator[ActivationQuantizer]:
@@ -102,6 +103,12 @@ def check_supported(model: keras.Model, io_type: str = 'io_parallel') -> None:
                 f'layer {layer.name!r} of class {key} has weights but is not an H-layer: its float weights and '
                 'unquantized output would not be bit-exact in fixed point; use the H-layer equivalent (hgq.layers)'
             )
+        if not isinstance(layer, (HLayer, *PASS_THROUGH)):
+            raise ConversionError(
+                f'layer {layer.name!r} of class {key} is not an H-layer and changes values: hls4ml would compute it '
+                'in its own fixed-point types, not bit-exactly; use the H-layer equivalent (e.g. HActivation for '
+                'Activation). Plain layers allowed between H-layers: InputLayer, Flatten, Reshape, Dropout'
+            )
         problem = _stream_problem(layer) if io_type == 'io_stream' else None
         if problem:
             raise ConversionError(f'layer {layer.name!r} of class {key} cannot be converted with io_stream: {problem}')
@@ -112,26 +119,6 @@ def _hls_config(strategy: str, user: dict[str, Any] | None) -> dict[str, Any]:
     for key, value in (user or {}).items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
-
-
-def read_meta(output_dir: str | Path) -> dict[str, Any] | None:
-    """The ``hgq_meta.json`` that :func:`to_hls` wrote into a project directory, or ``None`` if there is none.
-
-    Raises
-    ------
-    ConversionError
-        If the file is not a JSON object (corrupt or edited by hand); the message names the file.
-    """
-    path = Path(output_dir) / META_FILE
-    if not path.is_file():
-        return None
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConversionError(f'{path} is not valid JSON ({err}); delete it or convert the model again') from None
-    if not isinstance(meta, dict):
-        raise ConversionError(f'{path} must hold a JSON object, got {type(meta).__name__}')
-    return meta
 
 
 def _write_meta(model: keras.Model, output_dir: Path, settings: ConversionSettings, calibrated: bool) -> None:

@@ -46,6 +46,7 @@ HANDLERS = (
 )
 WRITE_HEADERS_PASS = 'hgq_write_headers'
 MARK_PASS = 'hgq_mark_graph'
+OUTPUTS_PASS = 'hgq_separate_outputs'
 # Backend name -> its writer flow.
 WRITER_FLOWS = {'Vivado': 'vivado:write', 'Vitis': 'vitis:write'}
 
@@ -65,8 +66,10 @@ def _convert_flow_passes() -> None:
     register_pass(hb.WIDEN_PASS, hb.WidenWrappedTypes)
     register_pass(hb.MAXPOOL_PASS, hb.SignedMaxPoolPadding)
     register_pass(MARK_PASS, _MarkGraph)
+    register_pass(OUTPUTS_PASS, _SeparateOutputs)
     flow = get_flow('convert').optimizers
     flow.insert(0, MARK_PASS)
+    flow.insert(flow.index('bit_exact'), OUTPUTS_PASS)
     flow[flow.index('fuse_fixed_point_quantizer')] = hb.GUARDED_FUSE_PASS
     flow.insert(flow.index('bit_exact') + 1, hb.WIDEN_PASS)
     flow.insert(flow.index('fix_input_precision') + 1, hb.MAXPOOL_PASS)
@@ -94,6 +97,11 @@ def _backend_passes_and_templates() -> None:
 class _MarkGraph(ModelOptimizerPass):
     def __init__(self) -> None:
         super().__init__(MARK_PASS, hb.mark_graph)
+
+
+class _SeparateOutputs(ModelOptimizerPass):
+    def __init__(self) -> None:
+        super().__init__(OUTPUTS_PASS, hb.separate_outputs)
 
 
 class _WriteHeaders(ModelOptimizerPass):

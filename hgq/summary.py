@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
 
+from hgq.ebops import all_layers
 from hgq.layers.base import HLayer
-from hgq.quantizer import WeightQuantizer, effective_bits
+from hgq.quantizer import effective_bits
 
 __all__ = ['summary', 'layer_rows', 'quantized_weight_bits']
 
@@ -21,27 +22,6 @@ COLUMNS = (
     ('pruned', 'Pruned', 8),
     ('ebops', 'EBOPs', 12),
 )
-
-
-def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
-
-
-def _quantized_weight(layer: HLayer, quantizer: WeightQuantizer) -> Any:
-    """The quantized tensor of ``quantizer``: by convention ``<name>_quantizer`` quantizes ``<name>`` and the layer
-    exposes the exported values as ``q<name>`` (``qkernel``, ``qbias``, ``qscale``...)."""
-    for attr, value in vars(layer).items():
-        if value is quantizer and attr.endswith('_quantizer'):
-            base = attr[: -len('_quantizer')]
-            if hasattr(layer, f'q{base}'):
-                return getattr(layer, f'q{base}')
-            weight = getattr(layer, base, None)
-            return None if weight is None else quantizer(weight)
-    return None
 
 
 def quantized_weight_bits(layer: HLayer) -> list[np.ndarray]:
@@ -56,8 +36,7 @@ def quantized_weight_bits(layer: HLayer) -> list[np.ndarray]:
     >>> [b.shape for b in quantized_weight_bits(layer)]
     [(4, 3), (3,)]
     """
-    values = (_quantized_weight(layer, quantizer) for quantizer in layer.weight_quantizers)
-    return [effective_bits(keras.ops.convert_to_numpy(v)) for v in values if v is not None]
+    return [effective_bits(values) for values, _ in layer.quantized_weights().values()]
 
 
 def _mean_max(arrays: list[np.ndarray]) -> tuple[float, int] | None:
@@ -89,7 +68,7 @@ def layer_rows(model: keras.Model) -> list[dict[str, Any]]:
     if not model.built:
         raise ValueError(f'summary: model {model.name!r} is not built; call it on data or give it an Input first')
     rows = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         row = {'name': layer.name, 'class': type(layer).__name__, 'params': int(layer.count_params())}
         empty = {'weight_bits': None, 'input_bits': None, 'pruned': None, 'ebops': None}
         row.update(_h_row(layer) if isinstance(layer, HLayer) else empty)

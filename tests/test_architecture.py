@@ -6,7 +6,7 @@ Parts, from the bottom up (a module may import modules of its own part or below,
 0. math: ``fixed_point``, ``conversion`` (settings and the bit-exact check, plain data), ``fileio``, ``_version``
 1. quantizer: ``quantizer``, ``lut``
 2. layers: ``hgq.layers``
-3. training: ``ebops``, ``calibrate``, ``callbacks``, ``summary``, ``datasets``, ``exactness``
+3. training: ``ebops``, ``calibrate``, ``callbacks``, ``summary``, ``datasets``, ``exactness``, ``cost``
 4. convert: ``hgq.convert``, ``report`` (the only places that import hls4ml)
 5. face: ``run``, ``config``, ``demo``, ``plot``, the command line ``hgq_cli`` and every other module
 """
@@ -36,6 +36,7 @@ PARTS = {
     'hgq.summary': 3,
     'hgq.datasets': 3,
     'hgq.exactness': 3,
+    'hgq.cost': 3,
     'hgq.convert': 4,
     'hgq.report': 4,
 }

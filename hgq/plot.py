@@ -16,6 +16,7 @@ import numpy as np
 
 from hgq.callbacks import ParetoPoint, read_front
 from hgq.ebops import h_layers
+from hgq.fileio import write_atomic
 from hgq.summary import quantized_weight_bits
 
 if TYPE_CHECKING:
@@ -35,9 +36,7 @@ def _front_values(front: FrontLike) -> list[Mapping[str, float]]:
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f'.partial-{path.name}')
-    fig.savefig(partial, format='png', dpi=120)
-    os.replace(partial, path)
+    write_atomic(path, lambda partial: fig.savefig(partial, format='png', dpi=120))
     return path
 
 

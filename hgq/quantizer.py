@@ -1,6 +1,6 @@
 """Trainable fixed-point quantizers: every element (or channel, or tensor) learns its own bitwidth.
 
-Two quantizers share the learning rule of DESIGN.md:
+Two quantizers share one learning rule (README, "The learning rule"):
 
 - :class:`ActivationQuantizer` quantizes data flowing through the model. Fractional bits ``f`` are learned; integer
   bits ``i`` and the sign bit ``k`` are tracked from the data (``WRAP`` mode, exact after :func:`hgq.calibrate`)

@@ -65,6 +65,8 @@ from hls4ml.model.optimizer.passes.bit_exact import produce_kif as _cached_produ
 from hls4ml.model.optimizer.passes.hgq_proxy_model import FixedPointQuantizer, FuseFixedPointQuantizer
 from hls4ml.model.types import FixedPrecisionType
 
+from hgq.fixed_point import fixed_type_string
+
 __all__ = [
     'MASK_ATTR',
     'SIGN_DEPENDENT_ROUNDING',
@@ -171,15 +173,11 @@ def mark_graph(model: Any) -> bool:
     return True  # applied: not run again in this flow
 
 
-def _element_format(k: int, b: int, i: int, rnd: str, sat: str) -> str:
-    sign = '' if k else 'u'
-    return f'ap_{sign}fixed<{b}, {i}, AP_{rnd}, AP_{sat}>'
-
-
 def _element_line(j: int, k: int, b: int, i: int, rnd: str, sat: str) -> str:
+    """Element ``j`` cast to the format with sign ``k``, width ``b`` and integer bits ``i`` (sign included)."""
     if b <= 0:
         return f'out[{j}] = 0;'
-    return f'out[{j}] = {_element_format(k, b, i, rnd, sat)}(in[{j}]);'
+    return f'out[{j}] = {fixed_type_string(k, i - k, b - i, rnd, sat)}(in[{j}]);'
 
 
 def quantize_body(
@@ -207,7 +205,7 @@ def quantize_body(
     --------
     >>> k, b, i = (np.array([[1, 0]]), np.array([[4, 0]]), np.array([[2, 0]]))
     >>> print(quantize_body((k, b, i), (3, 2), 2, 'RND', 'WRAP', indent=''))
-    out[0] = ap_fixed<4, 2, AP_RND, AP_WRAP>(in[0]);
+    out[0] = ap_fixed<4,2,AP_RND,AP_WRAP>(in[0]);
     out[1] = 0;
     """
     n = prod(shape)

@@ -186,8 +186,8 @@ def sum_accum_type(entry: FixedPrecisionType, n_slice: int) -> str:
     'ap_ufixed<12,5>'
     """
     extra = ceil(log2(n_slice)) if n_slice > 1 else 0
-    name = 'ap_fixed' if entry.signed else 'ap_ufixed'
-    return f'{name}<{entry.width + extra},{entry.integer + extra}>'
+    k = int(entry.signed)
+    return fixed_type_string(k, entry.integer + extra - k, entry.width - entry.integer)
 
 
 class SoftmaxConfigTemplate(LayerConfigTemplate):

@@ -18,7 +18,7 @@ from hgq.ebops import ebops, h_layers
 from hgq.exactness import check_float32_exact
 from hgq.quantizer import ActivationQuantizer
 
-__all__ = ['calibrate', 'CalibrationError']
+__all__ = ['calibrate', 'CalibrationError', 'wrap_quantizers']
 
 # While observing, ranges are opened to +-2**OPEN_RANGE_BITS so that no value wraps; data must stay inside.
 OPEN_RANGE_BITS = 20
@@ -28,8 +28,8 @@ class CalibrationError(ValueError):
     """Calibration data or a model that cannot be calibrated; the model was left unchanged."""
 
 
-def _wrap_quantizers(model: keras.Model) -> list[ActivationQuantizer]:
-    """The WRAP-mode input quantizers of every H-layer, each once."""
+def wrap_quantizers(model: keras.Model) -> list[ActivationQuantizer]:
+    """The WRAP-mode input quantizers of every H-layer (those :func:`calibrate` sets), each once."""
     found: dict[int, ActivationQuantizer] = {}
     for layer in h_layers(model):
         found.update((id(q), q) for q in layer.activation_quantizers if q.tracks_range)
@@ -176,7 +176,7 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: in
     if int(batch_size) < 1:
         raise CalibrationError(f'batch_size must be a positive integer, got {batch_size}')
     inputs = _as_inputs(model, data)
-    quantizers = _wrap_quantizers(model)
+    quantizers = wrap_quantizers(model)
     if not quantizers:
         return ebops(model)
     saved = [(v, ops.convert_to_numpy(v)) for q in quantizers for v in q.non_trainable_weights]

@@ -16,7 +16,6 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,14 +25,14 @@ import keras
 from hls4ml.converters.keras_v3 import layer_handlers
 
 from hgq._version import __version__
+from hgq.calibrate import wrap_quantizers
 from hgq.conversion import META_FILE, ConversionError, ConversionSettings, read_meta
 from hgq.convert.registry import register
-from hgq.ebops import h_layers, layer_ebops
+from hgq.ebops import layer_ebops
 from hgq.exactness import float32_problems
 from hgq.fileio import write_text_atomic
 from hgq.layers.base import HLayer
 from hgq.layers.pooling import HPooling
-from hgq.quantizer import ActivationQuantizer
 
 __all__ = [
     'META_FILE',
@@ -51,16 +50,9 @@ __all__ = [
 PASS_THROUGH = (keras.layers.InputLayer, keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
 
 
-def _wrap_quantizers(model: keras.Model) -> Iterator[ActivationQuantizer]:
-    for layer in h_layers(model):
-        for quantizer in layer.activation_quantizers:
-            if quantizer.tracks_range:
-                yield quantizer
-
-
 def uncalibrated_quantizers(model: keras.Model) -> list[str]:
     """Names of the WRAP-mode quantizers not calibrated by :func:`hgq.calibrate`, or trained since."""
-    return [q.name for q in _wrap_quantizers(model) if float(keras.ops.convert_to_numpy(q.calibrated)) != 1.0]
+    return [q.name for q in wrap_quantizers(model) if float(keras.ops.convert_to_numpy(q.calibrated)) != 1.0]
 
 
 def check_calibrated(model: keras.Model) -> None:

@@ -1,0 +1,269 @@
+"""Bit allocation without training (``hgq.allocate``): HAWQ-V3, OMPQ and cluster dynamic fixed point on the
+benchmark MLPs, next to the trained tools of ``compare.py``.
+
+For every seed the float32 reference MLP of ``train_hgq.py`` is trained (same settings, same seeding; cached in
+``work/float_models/``), then every method allocates bits to it at every budget; each result is calibrated on the
+training set, tested, and its EBOPs counted with the common counter of ``bench_common.py``. Allocation time is the
+wall time of ``hgq.allocate.allocate`` (2 shared CPU cores).
+
+    python benchmarks/allocate_bench.py --dataset digits --seeds 0 1 2
+    python benchmarks/allocate_bench.py --dataset fashion_mnist --seeds 0
+
+Writes ``results/allocate_<dataset>.json``, ``.md`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from bench_common import RESULTS_DIR, WORK_DIR, dense_ebops, seed_everything, sweep_parser, sweep_settings
+from train_hgq import accuracy, build_float, fit
+
+import hgq
+from hgq.allocate import InfeasibleBudgetError, allocate
+from hgq.layers import HDense
+
+BUDGETS = {
+    'digits': (1500, 2000, 3000, 4500, 7000, 11000, 20000),
+    'fashion_mnist': (15000, 30000, 45000, 80000, 170000, 400000),
+}
+# (label, allocate arguments); the cluster method also runs without a budget (its plain 4-bit / ternary setups)
+METHODS = {
+    'hawq_v3': {'method': 'hawq_v3'},
+    'hawq_v3 (channel)': {'method': 'hawq_v3', 'granularity': 'channel'},
+    'ompq': {'method': 'ompq'},
+    'cluster': {'method': 'cluster'},
+}
+# budget of the models converted to HLS and checked in C simulation with --csim (first seed)
+CSIM_BUDGET = {'digits': 4500, 'fashion_mnist': 80000}
+UNBUDGETED = {
+    'cluster 4-bit (no budget)': {'method': 'cluster'},
+    'cluster ternary (no budget)': {'method': 'cluster', 'bits': (2,)},
+    'cluster ternary + 5 epochs fine-tuning': {'method': 'cluster', 'bits': (2,), 'finetune_epochs': 5},
+}
+
+
+def float_model(dataset: str, seed: int, data: dict, settings: dict) -> keras.Model:
+    """The float32 reference of ``train_hgq.py`` for this seed (trained once, then loaded)."""
+    path = WORK_DIR / 'float_models' / f'{dataset}_seed{seed}.keras'
+    if path.is_file():
+        return keras.models.load_model(path)
+    seed_everything(seed)
+    model = build_float(data['x_train'].shape[1], settings['hidden'], int(data['y_train'].max()) + 1)
+    fit(model, data, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model
+
+
+def common_ebops(model: keras.Model) -> float:
+    dense = [layer for layer in model.layers if isinstance(layer, HDense)]
+    return float(
+        sum(dense_ebops(layer.input_bits_exact(), keras.ops.convert_to_numpy(layer.qkernel)) for layer in dense)
+    )
+
+
+def csim_check(h_model, data, out_dir: Path) -> dict:
+    """Convert to HLS (Vitis, io_parallel), compile the C simulation and compare with Keras on the test set and on
+    the test set doubled (values beyond the calibrated ranges wrap), value for value."""
+    from hgq.conversion import check_bit_exact
+
+    start = time.perf_counter()
+    hls_model = hgq.to_hls(h_model, out_dir, overwrite=True, backend='Vitis', io_type='io_parallel')
+    hls_model.compile()
+    x = np.concatenate([data['x_test'], 2 * data['x_test']])
+    result, _ = check_bit_exact(h_model, hls_model, x)
+    print(f'  {result.describe()} ({time.perf_counter() - start:.0f} s)')
+    return {'csim_samples': result.n_samples, 'csim_mismatched_samples': result.mismatched_samples}
+
+
+def run_one(model, data, label, kwargs, budget, seed, csim_dir: Path | None = None) -> dict:
+    row = {'series': label, 'budget': budget, 'seed': seed, **{k: v for k, v in kwargs.items() if k != 'bits'}}
+    start = time.perf_counter()
+    try:
+        h_model, report = allocate(
+            model,
+            data['x_train'],
+            data['y_train'],
+            budget_ebops=budget,
+            verbose=0,
+            return_report=True,
+            seed=seed,
+            **kwargs,
+        )
+    except InfeasibleBudgetError as err:
+        row.update(infeasible=True, minimum=err.minimum)
+        print(f'{label} budget={budget} seed={seed}: infeasible (minimum {err.minimum:.0f})')
+        return row
+    row.update(
+        infeasible=False,
+        allocate_seconds=time.perf_counter() - start,
+        attempts=report['attempts'],
+        own_ebops=hgq.ebops(h_model),
+        ebops=common_ebops(h_model),
+        test_accuracy=accuracy(h_model, data),
+        layers=report['layers'],
+    )
+    print(
+        f'{label} budget={budget} seed={seed}: acc {row["test_accuracy"]:.4f}, EBOPs {row["ebops"]:.0f}, '
+        f'{row["allocate_seconds"]:.1f} s'
+    )
+    if csim_dir is not None:
+        row.update(csim_check(h_model, data, csim_dir))
+    return row
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if not r['infeasible']:
+            groups.setdefault((r['series'], r['budget']), []).append(r)
+    out = []
+    for (series, budget), rows in groups.items():
+        acc = np.array([r['test_accuracy'] for r in rows])
+        ebops = np.array([r['ebops'] for r in rows])
+        secs = np.array([r['allocate_seconds'] for r in rows])
+        out.append(
+            {
+                'series': series,
+                'budget': budget,
+                'seeds': [r['seed'] for r in rows],
+                'accuracy_mean': float(acc.mean()),
+                'accuracy_std': float(acc.std()),
+                'ebops_mean': float(ebops.mean()),
+                'ebops_max': float(ebops.max()),
+                'allocate_seconds_mean': float(secs.mean()),
+                'allocate_seconds_max': float(secs.max()),
+                'within_budget': bool(budget is None or ebops.max() <= budget),
+            }
+        )
+    return sorted(out, key=lambda s: (s['series'], s['ebops_mean']))
+
+
+def write_markdown(path: Path, dataset: str, settings: list[dict], runs: list[dict], float_acc: list[float]) -> None:
+    lines = [
+        f'# Bit allocation without training: {dataset}',
+        '',
+        f'Machine: {platform.machine()} Linux, 2 shared CPU cores. Float32 reference accuracy: '
+        f'{np.mean(float_acc):.4f} ± {np.std(float_acc):.4f} ({len(float_acc)} seeds).',
+        '',
+        '| method | budget | seeds | accuracy | EBOPs (common) | max EBOPs | allocation s (mean / max) |',
+        '|---|---|---|---|---|---|---|',
+    ]
+    for s in settings:
+        budget = '-' if s['budget'] is None else f'{s["budget"]:.0f}'
+        lines.append(
+            f'| {s["series"]} | {budget} | {len(s["seeds"])} | {s["accuracy_mean"]:.4f} ± {s["accuracy_std"]:.4f} | '
+            f'{s["ebops_mean"]:.0f} | {s["ebops_max"]:.0f} | {s["allocate_seconds_mean"]:.1f} / '
+            f'{s["allocate_seconds_max"]:.1f} |'
+        )
+    infeasible = sorted({(r['series'], r['budget'], round(r['minimum'])) for r in runs if r['infeasible']})
+    if infeasible:
+        lines += ['', 'Infeasible budgets (the error names the minimum): ']
+        lines += [f'- {series} at {budget}: minimum {minimum} EBOPs' for series, budget, minimum in infeasible]
+    checked = [r for r in runs if 'csim_samples' in r]
+    if checked:
+        lines += [
+            '',
+            'C simulation (hls4ml, Vitis, io_parallel) against Keras on the test set and the test set doubled:',
+        ]
+        lines += [
+            f'- {r["series"]} (budget {r["budget"]}, seed {r["seed"]}): {r["csim_mismatched_samples"]} of '
+            f'{r["csim_samples"]} samples differ'
+            for r in checked
+        ]
+    path.write_text('\n'.join(lines) + '\n')
+
+
+def plot(path: Path, dataset: str, settings: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    peers = RESULTS_DIR / f'{dataset}.json'
+    if peers.is_file():
+        for series, marker in (('hgq (ours)', 'o'), ('HGQ2 0.2.0', 's'), ('QKeras 0.9.0', '^')):
+            points = [s for s in json.loads(peers.read_text())['settings'] if s['tool'] == series]
+            if points:
+                ax.scatter(
+                    [p['ebops_mean'] for p in points],
+                    [p['accuracy_mean'] for p in points],
+                    marker=marker,
+                    label=f'{series} (trained)',
+                    alpha=0.6,
+                )
+    for series in sorted({s['series'] for s in settings}):
+        points = sorted((s for s in settings if s['series'] == series), key=lambda s: s['ebops_mean'])
+        ax.errorbar(
+            [p['ebops_mean'] for p in points],
+            [p['accuracy_mean'] for p in points],
+            yerr=[p['accuracy_std'] for p in points],
+            marker='x',
+            linestyle='--',
+            capsize=2,
+            label=series,
+        )
+    ax.set_xscale('log')
+    ax.set_xlabel('EBOPs (common counter)')
+    ax.set_ylabel('test accuracy')
+    ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))
+    ax.set_title(f'{dataset}: bit allocation without training vs trained tools')
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = sweep_parser(__doc__.splitlines()[0])
+    parser.add_argument('--budgets', type=float, nargs='+', help='EBOPs budgets (default: per data set)')
+    parser.add_argument('--methods', nargs='+', default=[*METHODS, *UNBUDGETED], help='series to run')
+    parser.add_argument('--csim', action='store_true', help='C-simulation check of one model per series')
+    parser.add_argument('--name', help='results file stem (default allocate_<dataset>)')
+    args = parser.parse_args()
+    settings, data = sweep_settings(args)
+    budgets = args.budgets or BUDGETS[args.dataset]
+    runs, float_acc = [], []
+    for seed in args.seeds:
+        model = float_model(args.dataset, seed, data, settings)
+        float_acc.append(accuracy(model, data))
+        print(f'float seed={seed}: acc {float_acc[-1]:.4f}')
+        for label in args.methods:
+            csim = args.csim and seed == args.seeds[0]
+            csim_dir = WORK_DIR / 'csim' / args.dataset / re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')
+            if label in UNBUDGETED:
+                runs.append(run_one(model, data, label, UNBUDGETED[label], None, seed, csim_dir if csim else None))
+                continue
+            for budget in budgets:
+                check = csim and budget == CSIM_BUDGET[args.dataset]
+                runs.append(
+                    run_one(model, data, label, METHODS[label], float(budget), seed, csim_dir if check else None)
+                )
+    summary = summarize(runs)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS_DIR / (args.name or f'allocate_{args.dataset}')
+    record = {
+        'dataset': args.dataset,
+        'settings': settings,
+        'machine': f'{platform.machine()} Linux, 2 shared CPU cores',
+        'versions': {'hgq': hgq.__version__, 'keras': keras.__version__},
+        'float_accuracy': float_acc,
+        'summary': summary,
+        'runs': runs,
+    }
+    stem.with_suffix('.json').write_text(json.dumps(record, indent=1, default=float))
+    write_markdown(stem.with_suffix('.md'), args.dataset, summary, runs, float_acc)
+    plot(stem.with_suffix('.png'), args.dataset, summary)
+    print(f'wrote {stem}.json, .md, .png')
+
+
+if __name__ == '__main__':
+    main()

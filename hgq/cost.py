@@ -42,7 +42,7 @@ from hgq.ebops import all_layers, h_layers
 from hgq.layers.base import HLayer
 from hgq.layers.kernel import HKernelLayer
 
-__all__ = ['COST_TERMS', 'LUT_COEFFICIENTS', 'cost_terms', 'lut_estimate', 'lut_cost', 'LUTPenalty']
+__all__ = ['COST_TERMS', 'LUT_COEFFICIENTS', 'cost_terms', 'lut_estimate', 'lut_cost', 'LUTPenalty', 'LUTLogger']
 
 COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits')
 
@@ -193,3 +193,18 @@ class LUTPenalty(keras.losses.Loss):
     def call(self, y_true: Any, y_pred: Any) -> Any:
         task = self.loss(y_true, y_pred)
         return task + self.weight * ops.cast(lut_cost(self.model, self.coefficients), task.dtype)
+
+
+class LUTLogger(keras.callbacks.Callback):
+    """Log :func:`lut_estimate` as ``lut_estimate`` at the end of every epoch, next to ``ebops``.
+
+    Examples
+    --------
+    >>> import hgq.cost
+    >>> callbacks = [hgq.callbacks.EBOPsLogger(), hgq.cost.LUTLogger()]
+    >>> # model.fit(x, y, callbacks=callbacks) -> history.history['lut_estimate']
+    """
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if logs is not None:
+            logs['lut_estimate'] = lut_estimate(self.model)

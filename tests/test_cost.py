@@ -85,3 +85,17 @@ def test_lut_penalty_trains_towards_a_cheaper_model() -> None:
         return lut_estimate(model)
 
     assert trained(1e-2) < 0.8 * trained(0.0)
+
+
+def test_estimate_is_logged_and_summarised_next_to_ebops() -> None:
+    from hgq.callbacks import EBOPsLogger
+    from hgq.cost import LUTLogger
+
+    model = _two_layer_model()
+    model.compile('adam', 'mse')
+    x = np.array([[0.0, 0.0], [1.5, 0.0], [0.0, 1.5]], dtype='float32')
+    history = model.fit(x, np.zeros((3, 1)), epochs=2, verbose=0, callbacks=[EBOPsLogger(), LUTLogger()])
+    assert len(history.history['lut_estimate']) == 2 and len(history.history['ebops']) == 2
+    lines = []
+    hgq.summary(model, print_fn=lines.append)
+    assert f'Estimated LUTs (hgq.cost): {lut_estimate(model):,.0f}' in lines[0]

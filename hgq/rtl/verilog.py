@@ -109,12 +109,18 @@ module hgq_testbench;
     reg [{w_in}:0] inputs [0:{last}];
     reg [{w_in}:0] model_inp;
     wire [{w_out}:0] model_out;
-    integer n, fd;
+    reg [8 * 256 - 1:0] in_file, out_file;
+    integer n, n_samples, fd;
     {top}_wrapper dut (.model_inp(model_inp), .model_out(model_out));
     initial begin
-        $readmemh("inputs.hex", inputs);
-        fd = $fopen("outputs.hex", "w");
-        for (n = 0; n <= {last}; n = n + 1) begin
+        if (!$value$plusargs("n=%d", n_samples) || !$value$plusargs("inputs=%s", in_file)
+            || !$value$plusargs("outputs=%s", out_file)) begin
+            $display("usage: vvp testbench.vvp +n=N +inputs=FILE +outputs=FILE");
+            $finish;
+        end
+        $readmemh(in_file, inputs, 0, n_samples - 1);
+        fd = $fopen(out_file, "w");
+        for (n = 0; n < n_samples; n = n + 1) begin
             model_inp = inputs[n];
             #1;
             $fdisplay(fd, "%h", model_out);
@@ -127,7 +133,12 @@ endmodule
 
 
 def simulate(
-    traced: TracedModel, rtl_dir: str | os.PathLike, top: str, x: np.ndarray, timeout: float | None = None
+    traced: TracedModel,
+    rtl_dir: str | os.PathLike,
+    top: str,
+    x: np.ndarray,
+    jobs: int | None = None,
+    timeout: float | None = None,
 ) -> np.ndarray:
     """Simulate the written Verilog on float inputs ``x`` with Icarus Verilog; return the outputs as floats.
 
@@ -142,6 +153,9 @@ def simulate(
     x : np.ndarray
         Float model inputs, ``(n, *input_shape)``; they are brought onto the ports by
         :meth:`TracedModel.encode_inputs`.
+    jobs : int, optional
+        Simulator processes, each on a slice of the inputs (default: one per CPU, at most 8, at least 500 inputs
+        each).
 
     Returns
     -------
@@ -157,15 +171,26 @@ def simulate(
     w_out, f_out, signed_out = port_layout(list(comb.out_qint))
     n_in, n_out = comb.shape
     codes = np.round(traced.encode_inputs(x) * 2.0**f_in).astype(np.int64)
-    (sim_dir / 'inputs.hex').write_text('\n'.join(_pack(codes, w_in)) + '\n')
-    tb = _TESTBENCH.format(w_in=w_in * n_in - 1, w_out=w_out * n_out - 1, last=len(x) - 1, top=top)
+    jobs = jobs or max(1, min(os.cpu_count() or 1, 8, len(x) // 500))
+    chunks = [c for c in np.array_split(np.arange(len(x)), jobs) if len(c)]
+    tb = _TESTBENCH.format(w_in=w_in * n_in - 1, w_out=w_out * n_out - 1, last=max(len(c) for c in chunks) - 1, top=top)
     (sim_dir / 'testbench.v').write_text(tb)
     sources = [str(p.resolve()) for p in verilog_sources(rtl_dir, top)]
     _run(['iverilog', '-g2012', '-o', 'testbench.vvp', 'testbench.v', *sources], sim_dir, timeout)
-    _run(['vvp', '-n', 'testbench.vvp'], sim_dir, timeout)
-    lines = (sim_dir / 'outputs.hex').read_text().split()
+    runs = []
+    for j, chunk in enumerate(chunks):
+        (sim_dir / f'inputs{j}.hex').write_text('\n'.join(_pack(codes[chunk], w_in)) + '\n')
+        args = [f'+n={len(chunk)}', f'+inputs=inputs{j}.hex', f'+outputs=outputs{j}.hex']
+        runs.append(subprocess.Popen(['vvp', '-n', 'testbench.vvp', *args], cwd=sim_dir, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True))  # fmt: skip
+    lines = []
+    for j, proc in enumerate(runs):
+        log, _ = proc.communicate(timeout=timeout)
+        if proc.returncode != 0:
+            raise SimulationError(f'`vvp testbench.vvp` failed ({proc.returncode}) in {sim_dir}:\n{log[-2000:]}')
+        lines += (sim_dir / f'outputs{j}.hex').read_text().split()
     if len(lines) != len(x):
-        raise SimulationError(f'the simulation wrote {len(lines)} output lines for {len(x)} inputs')
+        raise SimulationError(f'the simulation wrote {len(lines)} output lines for {len(x)} inputs ({sim_dir})')
     y = _unpack(lines, n_out, w_out, signed_out).astype(np.float64) / 2.0**f_out
     return y.reshape(len(x), *traced.output_shape)
 

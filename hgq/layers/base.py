@@ -74,7 +74,9 @@ class HLayer(keras.layers.Layer):
     ----------
     beta : float
         Initial weight of this layer's EBOPs in the loss. Stored in a non-trainable variable so callbacks can
-        schedule it; 0 turns the penalty off.
+        schedule it; 0 turns the penalty off. The beta callbacks (:class:`hgq.callbacks.BetaSchedule`,
+        :class:`hgq.callbacks.BetaTarget`) set the same value in every H-layer at each epoch, replacing this one:
+        per-layer values hold only without them.
     input_quantizer : ActivationQuantizer, dict or None
         Quantizer of the layer input (per element by default); a dict holds its constructor arguments.
     """

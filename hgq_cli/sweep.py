@@ -73,5 +73,5 @@ def run(args: argparse.Namespace) -> int:
         if str(err) == RAY_MISSING:
             raise UserError(RAY_MISSING) from None
         raise
-    differs = any(model.get('mismatches') for model in results['models'])
+    differs = any(m.get('mismatches') or m.get('synth', {}).get('mismatches') for m in results['models'])
     return 0 if results['status'] == 'complete' and not differs else 1

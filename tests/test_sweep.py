@@ -149,7 +149,9 @@ def _dominated(a: dict, b: dict) -> bool:
 
 
 @pytest.mark.slow  # the C simulation of the exported model compiles with g++
-def test_sweep_equals_serial_runs_and_resumes(local_ray, config_file, tmp_path, capsys):
+def test_sweep_equals_serial_runs_and_resumes(local_ray, tmp_path, capsys):
+    config_file = tmp_path / 'digits_sweep.yaml'
+    config_file.write_text(yaml.safe_dump({**BASE, 'export': {**BASE['export'], 'synth': True}}))
     out = tmp_path / 'sweep'
     results = sweep(config_file, ['seed=0,1'], out)
     assert results['status'] == 'complete'
@@ -182,6 +184,9 @@ def test_sweep_equals_serial_runs_and_resumes(local_ray, config_file, tmp_path, 
     assert model['tag'] == f'model0-{best["trial"]}-epoch{best["epoch"]:04d}'
     assert model['converted'] and model['n_checked'] == 100 and model['mismatches'] == 0
     assert (out / 'hls' / model['tag']).is_dir() and (out / 'models' / f'{model["tag"]}.keras').is_file()
+    # ... and, with export.synth, traced to Verilog (checked bit for bit with iverilog) and synthesized with yosys.
+    assert model['lut'] > 0 and model['synth']['mismatches'] == 0 and model['synth']['n_checked'] == 100
+    assert (out / 'pareto-lut.png').is_file() and 'LUT (yosys)' in (out / 'report.md').read_text()
 
     # Rerunning the command (here through the CLI) reuses every trial and the exported model.
     stamps = {p: p.stat().st_mtime_ns for p in [*out.glob('trials/*/results.json'), *out.glob('models/*.json')]}
@@ -236,3 +241,11 @@ def test_killed_worker_and_failing_trials_leave_the_other_trials_intact(local_ra
     assert len(read_front(out / 'trials' / victim / 'pareto')) >= 1 and results['models'] == []
     report = (out / 'report.md').read_text()
     assert 'failed: ConfigError' in report and '| `seed=1_units=10` | seed=1 model.layers.2.units=10 | done |' in report
+
+    # A rerun with other training settings is refused before anything runs; the trials stay as they are.
+    changed = yaml.safe_load(config_file.read_text())
+    changed['training']['learning_rate'] = 0.01
+    config_file.write_text(yaml.safe_dump(changed))
+    with pytest.raises(ValueError, match=r"holds a trial trained with other settings of \['training'\]"):
+        sweep(config_file, ['seed=0,1', 'model.layers.2.units=10,7'], out, convert=False)
+    assert json.loads((out / 'trials.json').read_text()) == results['trials']

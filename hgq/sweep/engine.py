@@ -158,16 +158,21 @@ def _trial_summary(directory: Path) -> dict[str, Any]:
     return {'front': results['front'], 'pareto_metric': metric, 'pareto_side': side, 'train_s': results['train_s']}
 
 
-def _check_same_config(directory: Path, expected: dict[str, Any]) -> None:
+# Keys of a run configuration that the training does not depend on: a finished trial stays valid when they change.
+NOT_TRAINING = ('name', 'output', 'export')
+
+
+def _check_same_training(directory: Path, expected: dict[str, Any]) -> None:
+    """Refuse to reuse a finished trial whose training configuration differs from the one requested now."""
     import yaml
 
     from hgq.config import parse_config
 
     found = parse_config(yaml.safe_load((directory / 'config.yaml').read_text())).to_dict()
-    if found != expected:
-        changed = sorted(key for key in expected if found.get(key) != expected.get(key))
+    changed = sorted(key for key in expected if key not in NOT_TRAINING and found.get(key) != expected[key])
+    if changed:
         raise ValueError(
-            f'{directory} holds a trial of another configuration (it differs in {changed}); rerun with the same '
+            f'{directory} holds a trial trained with other settings of {changed}; rerun with the same '
             'configuration and grid, or choose another --out'
         )
 
@@ -208,7 +213,7 @@ class _Sweep:
             entry.update(status='pending', errors=errors.get(trial.name, []))
             directory = self.trial_dir(trial.name)
             if trial_complete(directory):
-                _check_same_config(directory, trial_config(self.configs[trial.name]).to_dict())
+                _check_same_training(directory, trial_config(self.configs[trial.name]).to_dict())
                 entry.update(status='done', **_trial_summary(directory))
             self.state[trial.name] = entry
 
@@ -308,7 +313,24 @@ class _Sweep:
             marked=marked,
             title=f'{self.name}: merged front of {len(finished)} trials',
         )
+        synthesized = [
+            {**mark, 'lut': m['lut']} for mark, m in zip(marked, results['models'], strict=True) if m.get('lut')
+        ]
+        if synthesized:
+            plot_pareto(synthesized, self.directory / 'pareto-lut.png', metric=metric, cost='lut', title=self.name)
         return results
+
+    def _stored_model(self, tag: str, point: Any, config: dict[str, Any], convert: bool) -> dict[str, Any] | None:
+        """The result of an earlier export of the same checkpoint with the same export settings, if any."""
+        from hgq.config import parse_config
+
+        stored = result_path(self.directory, tag)
+        if not stored.is_file():
+            return None
+        result = json.loads(stored.read_text())
+        same = result.get('checkpoint') == point.path.relative_to(self.directory).as_posix()
+        same = same and result.get('export') == parse_config(config).to_dict()['export']
+        return result if same and (result.get('converted') or not convert) else None
 
     def _export_models(self, points: dict[str, Any], trial_of: dict[Path, str], convert: bool) -> dict[str, Any]:
         ray = import_ray()
@@ -330,10 +352,13 @@ class _Sweep:
 
         def done(job: _Job, value: dict[str, Any]) -> None:
             models[job.key] = value = json.loads(result_path(self.directory, job.key).read_text())
-            checked = (
-                f', {value["mismatches"]} of {value["n_checked"]} test samples differ' if value.get('converted') else ''
-            )
-            self.say(f'model {job.key}: {value["ebops"]:,.0f} EBOPs after calibration{checked}')
+            text = f'model {job.key}: {value["ebops"]:,.0f} EBOPs after calibration'
+            if value.get('converted'):
+                text += f'; HLS: {value["mismatches"]} of {value["n_checked"]} test samples differ from Keras'
+            if value.get('synth'):
+                synth = value['synth']
+                text += f'; yosys: {synth["lut"]:,} LUTs, Verilog: {synth["mismatches"]} of {synth["n_checked"]} differ'
+            self.say(text)
 
         def failed(job: _Job, again: bool) -> None:
             then = 'retrying' if again else 'giving up'
@@ -341,16 +366,12 @@ class _Sweep:
 
         todo = []
         for tag, point in points.items():
-            stored = result_path(self.directory, tag)
-            if stored.is_file():
-                result = json.loads(stored.read_text())
-                if result.get('checkpoint') == point.path.relative_to(self.directory).as_posix() and (
-                    result.get('converted') or not convert
-                ):
-                    models[tag] = result
-                    self.say(f'model {tag}: exported before')
-                    continue
-            todo.append(job(tag))
+            stored = self._stored_model(tag, point, self.configs[trial_of[point.path]], convert)
+            if stored is None:
+                todo.append(job(tag))
+            else:
+                models[tag] = stored
+                self.say(f'model {tag}: exported before')
         _drive(todo, self.max_parallel, self.retries, done, failed)
         return models
 

@@ -1,9 +1,10 @@
 """The post-front stage of a sweep for one selected checkpoint: calibrate, save, convert and check (in a Ray worker).
 
 Each selected checkpoint of the merged front goes through :func:`hgq.run.process_point`, the same function that
-``hgq run`` uses, with the configuration of the trial that trained it. Outputs go to the sweep directory:
-``models/<tag>.keras``, ``bits-<tag>.png``, ``hls/<tag>/`` and ``models/<tag>.json`` (the result, written last:
-a later run of the sweep reuses it).
+``hgq run`` uses, with the configuration of the trial that trained it (so ``export: {synth: true}`` also traces
+the model to Verilog and synthesizes it with yosys). Outputs go to the sweep directory: ``models/<tag>.keras``,
+``bits-<tag>.png``, ``hls/<tag>/``, ``synth/<tag>/`` and ``models/<tag>.json`` (the result, written last: a later
+run of the sweep reuses it).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def result_path(sweep_dir: Path, tag: str) -> Path:
 
 def clear_outputs(sweep_dir: Path, tag: str) -> None:
     """Remove what an interrupted export of ``tag`` may have left."""
-    shutil.rmtree(sweep_dir / 'hls' / tag, ignore_errors=True)
+    for directory in (sweep_dir / 'hls' / tag, sweep_dir / 'synth' / tag):
+        shutil.rmtree(directory, ignore_errors=True)
     for path in (sweep_dir / 'models' / f'{tag}.keras', sweep_dir / f'bits-{tag}.png', result_path(sweep_dir, tag)):
         path.unlink(missing_ok=True)
 
@@ -65,7 +67,7 @@ def export_point(
     data = load(run_config.dataset.name, **run_config.dataset.options)
     checkpoint = ParetoPoint(directory / point['file'], int(point['epoch']), dict(point['values']))
     result = process_point(checkpoint, tag, data, directory, run_config, convert)
-    result['trial'] = point['trial']
+    result.update(trial=point['trial'], export=run_config.to_dict()['export'])
     result['export_s'] = round(time.perf_counter() - start, 2)
     write_text_atomic(result_path(directory, tag), json.dumps(result, indent=1, default=_plain))
     return result

@@ -32,8 +32,9 @@ def main() -> None:
     rows = [json.loads(line) for line in (RESULTS_DIR / 'synth_models.jsonl').read_text().splitlines() if line]
     rows = [r for r in rows if r['lut']]
     for r in rows:
-        model = keras.models.load_model(BENCH_DIR / r['model'].removeprefix('benchmarks/'), compile=False)
-        r['terms'] = cost_terms(model)
+        if 'terms' not in r:  # rows written before the terms were recorded
+            model = keras.models.load_model(BENCH_DIR / r['model'], compile=False)
+            r['terms'] = cost_terms(model)
     lut = np.array([r['lut'] for r in rows], dtype=np.float64)
     x = np.array([[r['terms'][t] for t in COST_TERMS] for r in rows])
     coef = fit(x, lut)

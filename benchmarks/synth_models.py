@@ -4,7 +4,8 @@ The models are the benchmark models of ``train_hgq.py`` (same data split, size, 
 plus a small CNN on digits. Each trained and calibrated model is saved to ``benchmarks/work/synth/<family>/`` and
 ``hgq.synth`` writes its Verilog and ``synth.json`` next to it; one line per model is appended to
 ``benchmarks/results/synth_models.jsonl`` (family, beta, seed, accuracy, EBOPs, yosys LUTs, da4ml's estimate,
-mismatches, times). ``fit_cost.py`` fits the hardware-cost estimate on these lines.
+mismatches, times, and the terms of ``hgq.cost.cost_terms``). ``fit_cost.py`` fits the hardware-cost estimate on
+these lines.
 
 Run in the hgq venv (needs yosys and iverilog)::
 
@@ -26,6 +27,7 @@ import numpy as np
 from bench_common import BETAS, RESULTS_DIR, SETTINGS, WORK_DIR, load_split, seed_everything
 
 import hgq
+from hgq.cost import cost_terms
 from hgq.layers import HConv2D, HDense, HMaxPooling2D, HQuantize
 
 FAMILIES = {
@@ -79,6 +81,7 @@ def run_one(family: str, beta: float, seed: int, data: dict, settings: dict, n_c
     out = WORK_DIR / 'synth' / family / stem
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / 'model.keras')
+    terms = cost_terms(model)  # here, not from the saved file: it must not depend on a later load
     result = hgq.synth(model, out, check=n_check, verbose=True)
     row = {
         'family': family,
@@ -89,6 +92,7 @@ def run_one(family: str, beta: float, seed: int, data: dict, settings: dict, n_c
         'train_seconds': round(train_s, 1),
         **{k: result[k] for k in ('ebops', 'lut', 'ff', 'carry', 'dsp', 'inv', 'depth', 'estimate_lut')},
         **{k: result[k] for k in ('latency_estimate', 'mismatches', 'n_checked', 'seconds', 'step_seconds')},
+        'terms': terms,
     }
     with open(RESULTS_FILE, 'a') as f:
         f.write(json.dumps(row) + '\n')

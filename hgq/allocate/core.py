@@ -433,6 +433,9 @@ def _within_budget(model, units, x, budget, fixed, bits, act_bits, granularity, 
         chosen = _apply(units, solution, bits, granularity, method)
         _set_fixed_layers(model, units, max(act_bits), max(bits))
         measured = calibrate(model, x)
+        if not np.isfinite(measured):
+            bad = [v.path for v in model.weights if not np.all(np.isfinite(ops.convert_to_numpy(v)))]
+            raise RuntimeError(f'allocate: the allocated model holds non-finite values in {bad}')
         fixed = _fixed_ebops(model, units)
         say(f'allocate[{method}]: attempt {attempts}: predicted {solution.cost + fixed:.0f}, measured {measured:.0f}')
         if budget is None or measured <= budget:

@@ -36,6 +36,8 @@ __all__ = ['ConfigError', 'RunConfig', 'load_config', 'parse_config', 'build_lay
 
 OPTIMIZERS = {'adam': 'Adam', 'adamw': 'AdamW', 'sgd': 'SGD', 'rmsprop': 'RMSprop', 'nadam': 'Nadam'}
 LR_SCHEDULES = ('constant', 'cosine')
+# The conversion defaults (one place: hgq.conversion.ConversionSettings).
+HLS_DEFAULTS = ConversionSettings()
 KERAS_LAYERS = {'Flatten': keras.layers.Flatten, 'Reshape': keras.layers.Reshape, 'Dropout': keras.layers.Dropout}
 
 
@@ -90,11 +92,11 @@ class TrainingConfig:
 class ExportConfig:
     n_models: int = 2
     min_metric: float | None = None
-    backend: str = 'Vitis'
-    part: str = 'xcvu13p-flga2577-2-e'
-    clock_period: float = 5.0
-    io_type: str = 'io_parallel'
-    strategy: str = 'Latency'
+    backend: str = HLS_DEFAULTS.backend
+    part: str = HLS_DEFAULTS.part
+    clock_period: float = HLS_DEFAULTS.clock_period
+    io_type: str = HLS_DEFAULTS.io_type
+    strategy: str = HLS_DEFAULTS.strategy
     n_test: int | None = None
     synth: bool = False
 
@@ -289,17 +291,23 @@ def _parse_export(data: Any) -> ExportConfig:
     config = ExportConfig(
         n_models=s.get('n_models', 2, int, check=lambda v: v >= 0, expected='an integer >= 0'),
         min_metric=s.get('min_metric', None, float),
-        backend=s.get('backend', 'Vitis', str, BACKENDS),
+        backend=s.get('backend', HLS_DEFAULTS.backend, str, BACKENDS),
         part=s.get(
             'part',
-            'xcvu13p-flga2577-2-e',
+            HLS_DEFAULTS.part,
             str,
             check=PART_PATTERN.match,
             expected='a Xilinx part name such as xcvu13p-flga2577-2-e or xc7z020clg400-1',
         ),
-        clock_period=s.get('clock_period', 5.0, float, check=lambda v: v > 0, expected='a finite positive number (ns)'),
-        io_type=s.get('io_type', 'io_parallel', str, IO_TYPES),
-        strategy=s.get('strategy', 'Latency', str, STRATEGIES),
+        clock_period=s.get(
+            'clock_period',
+            HLS_DEFAULTS.clock_period,
+            float,
+            check=lambda v: v > 0,
+            expected='a finite positive number (ns)',
+        ),
+        io_type=s.get('io_type', HLS_DEFAULTS.io_type, str, IO_TYPES),
+        strategy=s.get('strategy', HLS_DEFAULTS.strategy, str, STRATEGIES),
         n_test=s.get('n_test', None, int, check=_positive_int, expected='a positive integer'),
         synth=s.get('synth', False, bool),
     )

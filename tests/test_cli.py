@@ -1,12 +1,13 @@
 """The ``hgq`` command line: demo, run, plot, summary, and clean errors for bad input."""
 
 import contextlib
+import importlib
 import io
 from pathlib import Path
 
 import pytest
 
-from hgq_cli import build_parser, main
+from hgq_cli import COMMANDS, build_parser, main
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 CONFIGS = Path(__file__).resolve().parent.parent / 'configs'
@@ -22,11 +23,28 @@ def demo_run(tmp_path_factory):
     return out, printed.getvalue()
 
 
-def test_parser_has_every_sub_command():
-    for command in ('demo', 'run', 'plot', 'summary', 'convert', 'report'):
-        with pytest.raises(SystemExit) as exit_info:
-            build_parser().parse_args([command, '--help'])
+def test_every_registered_command_follows_the_convention():
+    names = [command.name for command in COMMANDS]
+    assert len(names) == len(set(names))
+    assert {'demo', 'run', 'plot', 'summary', 'convert', 'report'} <= set(names)
+    for command in COMMANDS:
+        module = importlib.import_module(command.module)
+        assert callable(module.add_arguments) and callable(module.run), command.module
+        with pytest.raises(SystemExit) as exit_info, contextlib.redirect_stdout(io.StringIO()):
+            build_parser().parse_args([command.name, '--help'])
         assert exit_info.value.code == 0
+
+
+def test_only_the_selected_command_is_parsed_in_full(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--help'])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command.name in out
+    with pytest.raises(SystemExit) as exit_info:
+        main(['no-such-command'])
+    assert exit_info.value.code == 2 and 'invalid choice' in capsys.readouterr().err
 
 
 def test_demo_prints_progress_the_table_and_where_the_report_is(demo_run):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hgq.fileio import write_atomic
+
 __all__ = ['Dataset', 'digits', 'fashion_mnist', 'jets', 'load', 'DATASETS', 'FASHION_MNIST_DIR', 'JETS_OPENML_NAME']
 
 SEED = 42
@@ -195,9 +197,7 @@ def _fetch_jets(cache: Path, data_home: str | os.PathLike | None) -> tuple[np.nd
         ) from None
     x, y = np.asarray(bunch.data, dtype=np.float32), np.asarray(bunch.target).astype(str)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    partial = cache.with_name(cache.name + '.partial.npz')
-    np.savez_compressed(partial, x=x, y=y)
-    os.replace(partial, cache)
+    write_atomic(cache, lambda partial: np.savez_compressed(partial, x=x, y=y))
     return x, y
 
 

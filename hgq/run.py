@@ -39,6 +39,7 @@ from hgq.callbacks import ParetoFront, ParetoPoint, read_front
 from hgq.config import OPTIMIZERS, ConfigError, ExportConfig, RunConfig, build_model, load_config, parse_config
 from hgq.conversion import check_bit_exact
 from hgq.datasets import Dataset, load
+from hgq.fileio import write_text_atomic
 from hgq.summary import layer_rows
 
 __all__ = ['run', 'train', 'select_points', 'process_point', 'check_model', 'write_report', 'RUNNING', 'FAILED']
@@ -63,14 +64,8 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f'cannot write {type(value).__name__} to JSON')
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f'.{path.name}.partial')
-    partial.write_text(text)
-    os.replace(partial, path)
-
-
 def _write_json(path: Path, content: Any) -> None:
-    _write_atomic(path, json.dumps(content, indent=1, default=_json_default, allow_nan=True))
+    write_text_atomic(path, json.dumps(content, indent=1, default=_json_default, allow_nan=True))
 
 
 def _task(data: Dataset) -> tuple[Any, list[str], str, str]:
@@ -379,7 +374,7 @@ def run(
     try:
         results = _run(config, run_dir, convert, verbose, say, started)
     except BaseException:
-        _write_atomic(run_dir / FAILED, traceback.format_exc())
+        write_text_atomic(run_dir / FAILED, traceback.format_exc())
         (run_dir / RUNNING).unlink(missing_ok=True)
         raise
     (run_dir / RUNNING).unlink()
@@ -393,7 +388,7 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     from hgq.plot import pareto as plot_pareto
 
     clock = time.perf_counter()
-    _write_atomic(run_dir / 'config.yaml', yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomic(run_dir / 'config.yaml', yaml.safe_dump(config.to_dict(), sort_keys=False))
     say(f'run {config.name} in {run_dir}')
     say(f'loading data set {config.dataset.name}')
     data = load(config.dataset.name, **config.dataset.options)
@@ -510,5 +505,5 @@ def write_report(results: dict[str, Any], path: str | os.PathLike) -> Path:
     ]
     lines += [f'| {p["epoch"]} | {p[metric]:.4f} | {p["ebops"]:,.0f} | `{p["file"]}` |' for p in results['front']]
     path = Path(path)
-    _write_atomic(path, '\n'.join(lines) + '\n')
+    write_text_atomic(path, '\n'.join(lines) + '\n')
     return path

@@ -85,7 +85,7 @@ def csim_check(h_model, data, out_dir: Path) -> dict:
 
 def run_one(model, data, label, kwargs, budget, seed, csim_dir: Path | None = None) -> dict:
     row = {'series': label, 'budget': budget, 'seed': seed, **{k: v for k, v in kwargs.items() if k != 'bits'}}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         h_model, report = allocate(
             model,
@@ -104,6 +104,7 @@ def run_one(model, data, label, kwargs, budget, seed, csim_dir: Path | None = No
     row.update(
         infeasible=False,
         allocate_seconds=time.perf_counter() - start,
+        allocate_cpu_seconds=time.process_time() - cpu_start,
         attempts=report['attempts'],
         own_ebops=hgq.ebops(h_model),
         ebops=common_ebops(h_model),
@@ -163,10 +164,19 @@ def write_markdown(path: Path, dataset: str, settings: list[dict], runs: list[di
             f'{s["ebops_mean"]:.0f} | {s["ebops_max"]:.0f} | {s["allocate_seconds_mean"]:.1f} / '
             f'{s["allocate_seconds_max"]:.1f} |'
         )
-    infeasible = sorted({(r['series'], r['budget'], round(r['minimum'])) for r in runs if r['infeasible']})
+    infeasible: dict[str, list[dict]] = {}
+    for r in runs:
+        if r['infeasible']:
+            infeasible.setdefault(r['series'], []).append(r)
     if infeasible:
-        lines += ['', 'Infeasible budgets (the error names the minimum): ']
-        lines += [f'- {series} at {budget}: minimum {minimum} EBOPs' for series, budget, minimum in infeasible]
+        lines += ['', 'Budgets refused as infeasible (`InfeasibleBudgetError` names the minimum feasible EBOPs):']
+        for series, rows in infeasible.items():
+            budgets = sorted({f'{r["budget"]:.0f}' for r in rows}, key=float)
+            minima = [r['minimum'] for r in rows]
+            lines.append(
+                f'- {series}: budgets {", ".join(budgets)} ({len(rows)} runs); minimum {min(minima):.0f} to '
+                f'{max(minima):.0f} EBOPs depending on the seed'
+            )
     checked = [r for r in runs if 'csim_samples' in r]
     if checked:
         lines += [
@@ -228,7 +238,16 @@ def main() -> None:
     parser.add_argument('--methods', nargs='+', default=[*METHODS, *UNBUDGETED], help='series to run')
     parser.add_argument('--csim', action='store_true', help='C-simulation check of one model per series')
     parser.add_argument('--name', help='results file stem (default allocate_<dataset>)')
+    parser.add_argument('--render', action='store_true', help='only rewrite the .md and .png from the .json')
     args = parser.parse_args()
+    stem = RESULTS_DIR / (args.name or f'allocate_{args.dataset}')
+    if args.render:
+        record = json.loads(stem.with_suffix('.json').read_text())
+        write_markdown(
+            stem.with_suffix('.md'), args.dataset, record['summary'], record['runs'], record['float_accuracy']
+        )
+        plot(stem.with_suffix('.png'), args.dataset, record['summary'])
+        return
     settings, data = sweep_settings(args)
     budgets = args.budgets or BUDGETS[args.dataset]
     runs, float_acc = [], []
@@ -249,7 +268,6 @@ def main() -> None:
                 )
     summary = summarize(runs)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS_DIR / (args.name or f'allocate_{args.dataset}')
     record = {
         'dataset': args.dataset,
         'settings': settings,

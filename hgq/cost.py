@@ -53,10 +53,13 @@ LUT_COEFFICIENTS: dict[str, float] = {'ebops': 0.0, 'adder_bits': 0.0, 'weight_b
 
 def _input_quantizers(model: keras.Model) -> set[int]:
     """Ids of the quantizers that read a model input directly (their formatting happens outside the logic)."""
-    inputs = {id(t) for t in model.inputs}
+    inputs = {id(t) for t in getattr(model, 'inputs', None) or []}
     ids = set()
     for layer in h_layers(model):
-        tensors = layer.input if isinstance(layer.input, list | tuple) else [layer.input]
+        try:
+            tensors = layer.input if isinstance(layer.input, list | tuple) else [layer.input]
+        except (AttributeError, ValueError):  # a layer of a subclassed model: no symbolic input
+            continue
         for q, t in zip(layer.activation_quantizers, tensors, strict=False):
             if id(t) in inputs:
                 ids.add(id(q))

@@ -110,7 +110,8 @@ def format_rows(rows: list[dict[str, Any]], title: str = '') -> str:
 
 
 def summary(model: keras.Model, print_fn: Callable[[str], Any] | None = print) -> list[dict[str, Any]]:
-    """Print a per-layer table of parameters, weight and input bitwidths, pruning and EBOPs; return its rows.
+    """Print a per-layer table of parameters, weight and input bitwidths, pruning and EBOPs (with the total and
+    the LUT estimate of :func:`hgq.cost.lut_estimate`); return its rows.
 
     Numbers are exact: bits are counted from the quantized weights and the tracked input ranges, so call
     :func:`hgq.calibrate` first for the bits the hardware will have.
@@ -138,5 +139,8 @@ def summary(model: keras.Model, print_fn: Callable[[str], Any] | None = print) -
     """
     rows = layer_rows(model)
     if print_fn is not None:
+        from hgq.cost import lut_estimate
+
         print_fn(format_rows(rows, model.name))
+        print_fn(f'Estimated LUTs (hgq.cost): {lut_estimate(model):,.0f}')
     return rows

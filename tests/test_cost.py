@@ -98,4 +98,4 @@ def test_estimate_is_logged_and_summarised_next_to_ebops() -> None:
     assert len(history.history['lut_estimate']) == 2 and len(history.history['ebops']) == 2
     lines = []
     hgq.summary(model, print_fn=lines.append)
-    assert f'Estimated LUTs (hgq.cost): {lut_estimate(model):,.0f}' in lines[0]
+    assert lines[1] == f'Estimated LUTs (hgq.cost): {lut_estimate(model):,.0f}'

@@ -9,7 +9,8 @@
 # C++ for every mutant). Results: the summary printed at the end, `$MUTATION_DIR/<module>/score.txt`, and
 # `cd $MUTATION_DIR/<module> && mutmut show <mutant>` for the diff of a survivor.
 #
-# Environment: JOBS (parallel mutants, default 2), MUTATION_DIR, NICE (default 10).
+# Environment: JOBS (parallel mutants, default 2), MUTATION_DIR, NICE (default 10), KEEP_MUTANTS=1 (reuse the
+# verdicts of the previous run in the scratch copy instead of starting afresh).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,6 +56,8 @@ config_list() {  # a setup.cfg list value: one item per indented line
 
 run_module() {
     local module=$1 dir="$scratch/$1" start=$SECONDS
+    # A fresh run unless KEEP_MUTANTS=1: mutmut keeps earlier verdicts when only the tests changed.
+    [ "${KEEP_MUTANTS:-0}" = 1 ] || rm -rf "$dir/mutants"
     mkdir -p "$dir"
     # The current working tree (tracked and untracked, not ignored files), refreshed on each run.
     (cd "$repo" && git ls-files -z --cached --others --exclude-standard) \
@@ -74,7 +77,7 @@ timeout_multiplier = 40.0
 timeout_constant = 20.0
 CFG
     echo "== $module: mutating ${SOURCES[$module]} against ${tests[*]}"
-    (cd "$dir" && nice -n "$nice_level" mutmut run --max-children "$jobs" >run.log 2>&1) || true
+    (cd "$dir" && HYPOTHESIS_PROFILE=mutation nice -n "$nice_level" mutmut run --max-children "$jobs" >run.log 2>&1) || true
     (cd "$dir" && mutmut results --all true >results.txt 2>&1) || (cd "$dir" && mutmut results >results.txt 2>&1) || true
     python - "$dir" "$module" "$((SECONDS - start))" <<'PY'
 import re, sys

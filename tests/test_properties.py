@@ -3,7 +3,8 @@
 The reference here is written independently with Python integers and ``fractions.Fraction``: the code of ``x``
 is ``x * 2**f`` rounded by the mode's rule, then wrapped modulo ``2**b`` into ``[lo, hi]`` (WRAP) or clamped
 (SAT, SAT_SYM). :func:`hgq.fixed_point.quantize` (numpy) and :func:`hgq.fixed_point.quantize_tensor`
-(``keras.ops``) must both equal it exactly, for any ``k``, ``i``, ``f`` and modes.
+(``keras.ops``) must both equal it exactly, for any ``k``, ``i``, ``f`` and modes. Example counts and
+derandomization come from the hypothesis profile loaded in ``conftest.py``.
 """
 
 from fractions import Fraction
@@ -11,7 +12,7 @@ from math import floor
 
 import keras
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from hgq.fixed_point import (
@@ -23,15 +24,6 @@ from hgq.fixed_point import (
     quantize_tensor,
 )
 from hgq.quantizer import ActivationQuantizer, WeightQuantizer, effective_bits
-
-# Reproducible in CI: the same examples on every run, no example database written into the tree.
-PROPERTY = settings(
-    max_examples=150,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
 
 round_modes = st.sampled_from(ROUND_MODES)
 overflow_modes = st.sampled_from(OVERFLOW_MODES)
@@ -110,7 +102,6 @@ def _same(a, b):
     return np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
 
 
-@PROPERTY
 @given(format_and_values(), round_modes, overflow_modes)
 def test_quantize_equals_integer_reference(fmt_x, round_mode, overflow_mode):
     (k, i, f), x = fmt_x
@@ -118,7 +109,6 @@ def test_quantize_equals_integer_reference(fmt_x, round_mode, overflow_mode):
     assert _same(quantize(x, k, i, f, round_mode, overflow_mode), expected)
 
 
-@PROPERTY
 @given(format_and_values(), round_modes, overflow_modes)
 def test_keras_path_equals_numpy_path_in_float64(fmt_x, round_mode, overflow_mode):
     (k, i, f), x = fmt_x
@@ -129,7 +119,6 @@ def test_keras_path_equals_numpy_path_in_float64(fmt_x, round_mode, overflow_mod
     assert _same(got, expected)
 
 
-@PROPERTY
 @given(format_and_values(max_width=22, max_exponent=8), round_modes, overflow_modes)
 def test_keras_path_equals_numpy_path_in_float32(fmt_x, round_mode, overflow_mode):
     """The layers' float32 path is exact while codes stay below 2**24."""
@@ -143,7 +132,6 @@ def test_keras_path_equals_numpy_path_in_float32(fmt_x, round_mode, overflow_mod
     assert _same(keras.ops.convert_to_numpy(got).astype(np.float64), expected)
 
 
-@PROPERTY
 @given(st.lists(st.tuples(formats(), values(0, 12)), min_size=1, max_size=30), round_modes, overflow_modes)
 def test_per_element_formats_equal_one_format_at_a_time(rows, round_mode, overflow_mode):
     k, i, f = (np.array([fmt[j] for fmt, _ in rows]) for j in range(3))
@@ -157,7 +145,6 @@ def test_per_element_formats_equal_one_format_at_a_time(rows, round_mode, overfl
     assert _same(keras.ops.convert_to_numpy(tensor), got)
 
 
-@PROPERTY
 @given(format_and_values(), round_modes, overflow_modes)
 def test_quantize_is_idempotent_and_in_range(fmt_x, round_mode, overflow_mode):
     (k, i, f), x = fmt_x
@@ -172,7 +159,6 @@ def test_quantize_is_idempotent_and_in_range(fmt_x, round_mode, overflow_mode):
         assert np.all(q == 0.0)
 
 
-@PROPERTY
 @given(format_and_values(), round_modes)
 def test_wrap_is_modular_arithmetic_and_saturation_clamps(fmt_x, round_mode):
     (k, i, f), x = fmt_x
@@ -202,7 +188,6 @@ def exact_values(draw):
     return (k, i, f), np.array(codes, dtype=np.float64) * 2.0**-f
 
 
-@PROPERTY
 @given(exact_values())
 def test_minimal_kif_round_trips_and_is_minimal(fmt_values):
     (k, i, f), v = fmt_values
@@ -220,7 +205,6 @@ def test_minimal_kif_round_trips_and_is_minimal(fmt_values):
     assert np.array_equal(per_element[0], v < 0)
 
 
-@PROPERTY
 @given(formats(max_width=64), round_modes, overflow_modes)
 def test_fixed_type_string_round_trips(fmt, round_mode, overflow_mode):
     k, i, f = fmt
@@ -235,7 +219,6 @@ def test_fixed_type_string_round_trips(fmt, round_mode, overflow_mode):
     assert modes == ([] if default else [f'AP_{round_mode}', f'AP_{overflow_mode}'])
 
 
-@PROPERTY
 @given(st.lists(st.tuples(st.integers(-(2**40), 2**40), st.integers(-30, 30)), min_size=1, max_size=30))
 def test_effective_bits_is_the_span_of_set_bits(codes_and_f):
     values = np.array([c * 2.0**-f for c, f in codes_and_f])
@@ -243,7 +226,6 @@ def test_effective_bits_is_the_span_of_set_bits(codes_and_f):
     assert effective_bits(values).tolist() == expected
 
 
-@PROPERTY
 @given(
     st.sampled_from(['element', 'channel', 'tensor']),
     round_modes,
@@ -260,7 +242,6 @@ def test_weight_quantizer_is_idempotent_and_rounds_as_quantize(granularity, roun
     assert np.array_equal(once.astype(np.float64), quantize(w.astype(np.float64), 1, 40, f, round_mode, 'SAT'))
 
 
-@PROPERTY
 @given(
     st.sampled_from(['element', 'channel', 'tensor']),
     round_modes,

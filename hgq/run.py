@@ -43,7 +43,7 @@ from hgq.fileio import write_text_atomic
 from hgq.summary import layer_rows
 
 __all__ = ['run', 'train', 'select_points', 'process_point', 'check_model', 'write_report', 'RUNNING', 'FAILED']
-__all__ += ['DivergedError']
+__all__ += ['DivergedError', 'choose_points']
 
 RUNNING = 'RUNNING'
 FAILED = 'FAILED'
@@ -144,6 +144,18 @@ def select_points(
         return candidates
     indices = sorted({int(round(i)) for i in np.linspace(0, len(candidates) - 1, n)})
     return [candidates[i] for i in indices]
+
+
+def choose_points(
+    points: Sequence[ParetoPoint], export: ExportConfig, metric: str, side: str, say: Say = _quiet
+) -> list[ParetoPoint]:
+    """The ``export.n_models`` checkpoints of a front to export (:func:`select_points` above ``export.min_metric``),
+    or the best one if none reaches ``min_metric``."""
+    chosen = select_points(points, export.n_models, metric, side, export.min_metric)
+    if not chosen and points and export.n_models:
+        say(f'no checkpoint reaches {metric} {export.min_metric}; taking the best one')
+        chosen = select_points(points, 1, metric, side)
+    return chosen
 
 
 def _accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
@@ -409,10 +421,7 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     points = read_front(front.directory)
     say(f'Pareto front: {len(points)} checkpoints')
     export = config.export
-    chosen = select_points(points, export.n_models, metric, side, export.min_metric)
-    if not chosen and points and export.n_models:
-        say(f'no checkpoint reaches {metric} {export.min_metric}; taking the best one')
-        chosen = select_points(points, 1, metric, side)
+    chosen = choose_points(points, export, metric, side, say)
     models = []
     for j, point in enumerate(chosen):
         tag = f'model{j}-epoch{point.epoch:04d}'

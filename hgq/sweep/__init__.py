@@ -14,8 +14,9 @@ A sweep directory::
     trials/<trial>/       one ``hgq run`` directory per trial (training only)
     logs/<trial>.log      the trial's progress output
     front.json            the merged front (a ParetoFront index, paths relative to DIR)
-    pareto.png            the merged front over every epoch of every trial
-    models/, hls/, bits-<model>.png
+    pareto.png            the merged front over every epoch of every trial (pareto-lut.png with export.synth)
+    models/<model>.keras  the calibrated models; models/<model>.json their results
+    hls/<model>/, synth/<model>/, bits-<model>.png
     results.json, report.md
 
 Examples

@@ -23,9 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hgq.sweep.export import clear_outputs, export_point, result_path
-from hgq.sweep.front import all_epochs, merge_fronts, write_front, write_report
+from hgq.sweep.export import clear_outputs, export_point, json_default, result_path
+from hgq.sweep.front import all_epochs, merge_fronts, write_front
 from hgq.sweep.grid import GridAxis, Trial, grid_trials, parse_axis, resolve_trials
+from hgq.sweep.report import write_report
 from hgq.sweep.trial import SWEEP_ID, run_trial, trial_complete, trial_config
 
 __all__ = ['sweep', 'RAY_MISSING']
@@ -47,17 +48,10 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec='seconds')
 
 
-def _plain(value: Any) -> Any:
-    """JSON for numpy scalars and arrays and paths."""
-    if hasattr(value, 'tolist'):
-        return value.tolist()
-    return str(value)
-
-
 def _write_json(path: Path, content: Any) -> None:
     from hgq.fileio import write_text_atomic
 
-    write_text_atomic(path, json.dumps(content, indent=1, default=_plain))
+    write_text_atomic(path, json.dumps(content, indent=1, default=json_default))
 
 
 @dataclass
@@ -183,6 +177,7 @@ class _Sweep:
 
     directory: Path
     name: str
+    selection: Any  # the ExportConfig of the base configuration: how many models to take from the merged front
     trials: list[Trial]
     configs: dict[str, dict[str, Any]]
     resources: dict[str, float]
@@ -270,9 +265,8 @@ class _Sweep:
 
     def export(self, convert: bool) -> dict[str, Any]:
         """Merge the fronts of the finished trials, then calibrate, convert and check the selected models."""
-        from hgq.config import parse_config
         from hgq.plot import pareto as plot_pareto
-        from hgq.run import select_points
+        from hgq.run import choose_points
 
         finished = {t.name: self.trial_dir(t.name) for t in self.trials if self.state[t.name]['status'] == 'done'}
         results: dict[str, Any] = {'name': self.name, 'front': [], 'models': [], 'export_failures': []}
@@ -292,11 +286,7 @@ class _Sweep:
             }
             for p in front.points
         ]
-        export = parse_config(self.configs[self.trials[0].name]).export
-        chosen = select_points(front.points, export.n_models, metric, side, export.min_metric)
-        if not chosen and front.points and export.n_models:
-            self.say(f'no checkpoint reaches {metric} {export.min_metric}; taking the best one')
-            chosen = select_points(front.points, 1, metric, side)
+        chosen = choose_points(front.points, self.selection, metric, side, self.say)
         self.say(f'merged front: {len(front.points)} checkpoints of {len(finished)} trials; exporting {len(chosen)}')
         points = {f'model{j}-{front.trial[p.path]}-epoch{p.epoch:04d}': p for j, p in enumerate(chosen)}
         models = self._export_models(points, front.trial, convert)
@@ -446,6 +436,7 @@ def sweep(
     run = _Sweep(
         directory=Path(out_dir),
         name=base.name,
+        selection=base.export,
         trials=trials,
         configs=dict(zip((t.name for t in trials), configs, strict=True)),
         resources={'num_cpus': cpus_per_trial, 'num_gpus': gpus_per_trial},

@@ -20,7 +20,7 @@ from hgq.sweep.trial import check_visible, limit_threads
 __all__ = ['export_point', 'result_path', 'clear_outputs']
 
 
-def _plain(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """JSON for numpy scalars and arrays."""
     if hasattr(value, 'tolist'):
         return value.tolist()
@@ -69,5 +69,5 @@ def export_point(
     result = process_point(checkpoint, tag, data, directory, run_config, convert)
     result.update(trial=point['trial'], export=run_config.to_dict()['export'])
     result['export_s'] = round(time.perf_counter() - start, 2)
-    write_text_atomic(result_path(directory, tag), json.dumps(result, indent=1, default=_plain))
+    write_text_atomic(result_path(directory, tag), json.dumps(result, indent=1, default=json_default))
     return result

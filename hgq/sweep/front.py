@@ -1,4 +1,4 @@
-"""The Pareto front merged over the trials of a sweep, and the sweep's ``front.json``, ``pareto.png`` and report.
+"""The Pareto front merged over the trials of a sweep, and the sweep's ``front.json``.
 
 The merged front keeps the checkpoints that no checkpoint of any trial matches or beats in every metric, by the
 rule of :class:`hgq.callbacks.ParetoFront` (:func:`hgq.callbacks.non_dominated`); of equal checkpoints, the one of
@@ -9,15 +9,13 @@ relative to the sweep directory, so :func:`hgq.callbacks.read_front` and ``hgq p
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hgq.callbacks import FRONT_INDEX, ParetoPoint, non_dominated, read_front
 
-__all__ = ['MergedFront', 'merge_fronts', 'write_front', 'all_epochs', 'write_report']
+__all__ = ['MergedFront', 'merge_fronts', 'write_front', 'all_epochs']
 
 
 @dataclass(frozen=True)
@@ -97,68 +95,3 @@ def all_epochs(trial_dirs: Mapping[str, Path], keys: Sequence[str]) -> dict[str,
             for key in keys:
                 epochs[key] += history[key]
     return epochs
-
-
-def _fmt(value: Any) -> str:
-    return f'{value:.4f}' if isinstance(value, float) else str(value)
-
-
-def write_report(results: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write the sweep's ``report.md``: the grid, every trial, the selected models and the merged front."""
-    from hgq.fileio import write_text_atomic
-    from hgq.run import model_table
-
-    metric, side = results['pareto_metric'], results['pareto_side']
-    trials = results['trials']
-    done = sum(t['status'] == 'done' for t in trials)
-    grid = ', '.join(f'`{a["key"]}` = {a["values"]}' for a in results['grid']) or 'none'
-    lines = [
-        f'# HGQ sweep: {results["name"]}',
-        '',
-        f'- configuration: `{results["config_file"]}`; grid: {grid}',
-        f'- trials: {len(trials)}, {done} done, {len(trials) - done} failed or not run; Ray: '
-        f'{results["ray"]["address"]}, {results["ray"]["resources_per_trial"]} per trial',
-        f'- wall time of the last invocation: {results["wall_s"]:.0f} s',
-        '',
-        '## Trials',
-        '',
-        f'| trial | settings | status | best {metric} | EBOPs of its front | train s | failed attempts |',
-        '|---|---|---|---|---|---|---|',
-    ]
-    sign = 1.0 if side == 'max' else -1.0
-    for t in trials:
-        front = t.get('front') or []
-        best = _fmt(max((p[metric] for p in front), key=lambda v: sign * v)) if front else '-'
-        span = f'{min(p["ebops"] for p in front):,.0f} - {max(p["ebops"] for p in front):,.0f}' if front else '-'
-        status = f'failed: {t["errors"][-1]["summary"]}' if t['status'] == 'failed' else t['status']
-        seconds = f'{t["train_s"]:.0f}' if 'train_s' in t else '-'
-        cells = [f'`{t["name"]}`', t['label'], status, best, span, seconds, str(len(t['errors']))]
-        lines.append('| ' + ' | '.join(cells) + ' |')
-    lines += ['', '## Models of the merged front', '']
-    if results['models']:
-        lines += [
-            'EBOPs are exact, after calibration on the training set. Mismatches count test samples whose HLS '
-            'C-simulation output differs from Keras in any bit.',
-            '',
-            model_table(results),
-        ]
-    else:
-        lines.append('No model was selected.')
-    for failure in results.get('export_failures', []):
-        lines.append(f'- {failure["tag"]}: failed: {failure["summary"]}')
-    lines += [
-        '',
-        '![Merged Pareto front](pareto.png)',
-        '',
-        f'## Merged Pareto front ({len(results["front"])} checkpoints, EBOPs before calibration)',
-        '',
-        f'| trial | epoch | {metric} | EBOPs | file |',
-        '|---|---|---|---|---|',
-    ]
-    lines += [
-        f'| `{p["trial"]}` | {p["epoch"]} | {p[metric]:.4f} | {p["ebops"]:,.0f} | `{p["file"]}` |'
-        for p in results['front']
-    ]
-    path = Path(path)
-    write_text_atomic(path, '\n'.join(lines) + '\n')
-    return path

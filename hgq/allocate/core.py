@@ -28,7 +28,7 @@ from keras import ops
 from hgq.allocate import numerics as nm
 from hgq.allocate import sensitivity
 from hgq.calibrate import calibrate
-from hgq.ebops import h_layers
+from hgq.ebops import ebops, h_layers
 from hgq.fixed_point import float32_exact
 from hgq.from_keras import from_keras
 from hgq.layers import HBatchNormalization, HKernelLayer, HLayer, HQuantize
@@ -131,18 +131,35 @@ def _assign(variable: Any, value: Any) -> None:
     variable.assign(np.broadcast_to(np.asarray(value, dtype=np.float64), variable.shape).astype(variable.dtype))
 
 
-def _observe_ranges(model: keras.Model, x: np.ndarray) -> None:
-    """Set the ranges of the (element-wise WRAP) input quantizers of the allocation model from ``x``.
+def _observe_ranges(model: keras.Model, x: np.ndarray, batch_size: int = 8192) -> None:
+    """Set the ranges of the WRAP input quantizers of the model's single-input H-layers from ``x``.
 
-    The model has wide formats here (not exact in float32, so :func:`hgq.calibrate` would refuse it): the ranges
-    are those of the float model up to ``2**-WIDE_F``.
+    What :func:`hgq.calibrate` observes (every quantizer input in inference mode, all ranges open), in compiled
+    batches and without its float32 exactness check: the wide formats that measure the float model's ranges are
+    not exact in float32, and the attempts of the budget loop only need the EBOPs. The returned model is then
+    calibrated with :func:`hgq.calibrate` itself.
     """
-    layers = [layer for layer in h_layers(model) if isinstance(layer, (HKernelLayer, *_RANGE_LAYERS))]
+    layers = [
+        layer
+        for layer in h_layers(model)
+        if len(layer.activation_quantizers) == 1 and layer.input_quantizer.tracks_range
+    ]
     for layer in layers:
         layer.input_quantizer.set_range(-(2.0**20), 2.0**20)
-    values = sensitivity.layer_tensors(model, layers, x, 'input')
-    for layer, v in zip(layers, values, strict=True):
-        layer.input_quantizer.set_range(np.min(v, axis=0), np.max(v, axis=0))
+    probe = keras.Model(model.inputs, [layer.input for layer in layers])
+    low: list[np.ndarray] = []
+    high: list[np.ndarray] = []
+    for start in range(0, len(x), batch_size):
+        values = probe([x[start : start + batch_size]], training=False)
+        values = values if isinstance(values, list | tuple) else [values]
+        mins = [ops.convert_to_numpy(ops.min(v, axis=0)) for v in values]
+        maxs = [ops.convert_to_numpy(ops.max(v, axis=0)) for v in values]
+        low = mins if not low else [np.minimum(a, b) for a, b in zip(low, mins, strict=True)]
+        high = maxs if not high else [np.maximum(a, b) for a, b in zip(high, maxs, strict=True)]
+    for layer, lo, hi in zip(layers, low, high, strict=True):
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise ValueError(f'{layer.name}: its inputs hold non-finite values on x; check the data and the model')
+        layer.input_quantizer.set_range(lo, hi)
 
 
 def _max_int_bits(quantizer) -> int:
@@ -432,7 +449,10 @@ def _within_budget(model, units, x, budget, fixed, bits, act_bits, granularity, 
             target = None
         chosen = _apply(units, solution, bits, granularity, method)
         _set_fixed_layers(model, units, max(act_bits), max(bits))
-        measured = calibrate(model, x)
+        _observe_ranges(model, x)
+        measured = ebops(model)
+        if measured <= (budget or np.inf):  # the result is calibrated (and checked for float32 exactness) properly
+            measured = calibrate(model, x)
         if not np.isfinite(measured):
             bad = [v.path for v in model.weights if not np.all(np.isfinite(ops.convert_to_numpy(v)))]
             raise RuntimeError(f'allocate: the allocated model holds non-finite values in {bad}')

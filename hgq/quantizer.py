@@ -31,8 +31,23 @@ from hgq.fixed_point import (
 )
 
 GRANULARITIES = ('element', 'channel', 'tensor')
+# Bitwidth variables move this many times faster than the optimizer moves other variables (see ScaledStep).
+BITS_LR_SCALE = 4.0
+# Integer bits of a WRAP range before any data was seen, and the default of learned integer bits (SAT modes).
+UNTRAINED_INTEGER_BITS = 4.0
+# train_peak of a WRAP quantizer never trained: so large that no element counts as pruned (see _pruned).
+UNTRAINED_PEAK = 2.0**64
 
-__all__ = ['GRANULARITIES', 'ActivationQuantizer', 'WeightQuantizer', 'round_ste', 'bits_shape', 'effective_bits']
+__all__ = [
+    'GRANULARITIES',
+    'BITS_LR_SCALE',
+    'ActivationQuantizer',
+    'WeightQuantizer',
+    'ScaledStep',
+    'round_ste',
+    'bits_shape',
+    'effective_bits',
+]
 
 
 def round_ste(x: Any) -> Any:
@@ -75,8 +90,55 @@ def _reduce_axes(full_shape: Sequence[int], var_shape: Sequence[int], batch: boo
     return ((0,) if batch else ()) + axes
 
 
+class ScaledStep(keras.constraints.Constraint):
+    """Multiply every optimizer step of a variable by ``scale``: after an update, ``v <- v0 + scale * (v - v0)``.
+
+    Keras applies a variable's constraint right after each optimizer update, so this sets a learning rate of its
+    own for that variable whatever the optimizer (with Adam, which moves every variable by about the learning rate
+    per step however large its gradient, it is the only way to make one variable learn faster). ``v0`` is the
+    value before the step: the owner calls :meth:`mark` in every training forward pass, before the update.
+
+    Parameters
+    ----------
+    variable : keras.Variable
+        The variable whose steps are scaled.
+    scale : float
+        Factor applied to each step (> 0).
+
+    Examples
+    --------
+    >>> import keras
+    >>> v = keras.Variable(1.0)
+    >>> step = ScaledStep(v, 4.0)
+    >>> step.mark()
+    >>> _ = v.assign(1.5)  # what an optimizer update does
+    >>> float(step(v))
+    3.0
+    """
+
+    def __init__(self, variable: Any, scale: float) -> None:
+        self.scale = float(scale)
+        # Not a layer weight: the value is only meaningful within one training step, so it is neither saved nor
+        # listed among the layer's weights. Zeros at first (mark() sets it before it is used): an initializer, not
+        # a value, so that the variable can also be created while Keras traces a model to build it.
+        self.origin = keras.Variable(
+            'zeros', shape=variable.shape, trainable=False, dtype=variable.dtype, name=f'{variable.name}_origin'
+        )
+        self.variable = variable
+
+    def mark(self) -> None:
+        """Remember the current value as the start of the next optimizer step."""
+        self.origin.assign(self.variable)
+
+    def __call__(self, w: Any) -> Any:
+        return self.origin + self.scale * (w - self.origin)
+
+    def get_config(self) -> dict[str, Any]:
+        return {'scale': self.scale}
+
+
 class _FixedPointQuantizerBase(keras.layers.Layer):
-    """Shared bookkeeping: granularity, rounding mode, bitwidth L1 and the integer view of ``f``."""
+    """Shared bookkeeping: granularity, rounding mode, bitwidth L1, bit learning rate and the integer view of ``f``."""
 
     def __init__(
         self,
@@ -84,6 +146,7 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         round_mode: str = 'RND',
         channel_axis: int = -1,
         bits_l1: float = 0.0,
+        bits_lr_scale: float = BITS_LR_SCALE,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -93,11 +156,33 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
             raise ValueError(f'{self.name}: round_mode must be one of {ROUND_MODES}, got {round_mode!r}')
         if bits_l1 < 0:
             raise ValueError(f'{self.name}: bits_l1 must be >= 0, got {bits_l1}')
+        if not (bits_lr_scale > 0 and np.isfinite(bits_lr_scale)):
+            raise ValueError(f'{self.name}: bits_lr_scale must be a finite number > 0, got {bits_lr_scale}')
         self.granularity = granularity
         self.round_mode = round_mode
         self.channel_axis = int(channel_axis)
         self.bits_l1 = float(bits_l1)
+        self.bits_lr_scale = float(bits_lr_scale)
         self.shape: tuple[int, ...] | None = None
+        self._scaled_steps: list[ScaledStep] = []
+
+    def _add_bits_variable(
+        self, name: str, shape: tuple[int, ...], value: float | Callable[..., Any], trainable: bool = True
+    ) -> Any:
+        """A bitwidth variable (initial value or initializer) whose optimizer steps are scaled by ``bits_lr_scale``."""
+        initializer = value if callable(value) else keras.initializers.Constant(value)
+        variable = self.add_weight(name=name, shape=shape, initializer=initializer, trainable=trainable)
+        if trainable and self.bits_lr_scale != 1.0:
+            step = ScaledStep(variable, self.bits_lr_scale)
+            variable.constraint = step
+            self._scaled_steps.append(step)
+        return variable
+
+    def _mark_steps(self, training: bool | None) -> None:
+        """Start of a training step: remember the bitwidths for :class:`ScaledStep`."""
+        if training:
+            for step in self._scaled_steps:
+                step.mark()
 
     def _set_shape(self, shape: Sequence[int | None]) -> tuple[int, ...]:
         if any(s is None for s in shape):
@@ -129,6 +214,7 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
             round_mode=self.round_mode,
             channel_axis=self.channel_axis,
             bits_l1=self.bits_l1,
+            bits_lr_scale=self.bits_lr_scale,
         )
         return config
 
@@ -149,9 +235,11 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         hardware. ``SAT``/``SAT_SYM``: integer bits are learned and values saturate.
     round_mode : str
         ap_fixed rounding mode, one of :data:`hgq.fixed_point.ROUND_MODES`.
-    i_init : float
-        Initial integer bits: the initial tracked range is ``[-2**i_init, 2**i_init]`` (WRAP) or the initial
-        value of the learned integer bits (SAT).
+    i_init : float, optional
+        WRAP mode: ``None`` (default) starts the tracked range at the range of the first training batch, so that
+        EBOPs logged from the first epochs are close to calibrated ones; a number starts it at
+        ``[-2**i_init, 2**i_init]``. Before any training (or calibration) the range is ``[-2**4, 2**4]``.
+        SAT modes: initial value of the learned integer bits (``None``: 4).
     signed : bool
         Sign bit in SAT modes (WRAP mode takes the sign from the data).
     momentum : float
@@ -160,6 +248,11 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         Weight of an L1 penalty on the bitwidths (added to the model's losses).
     f_trainable : bool
         Whether ``f`` is learned.
+    bits_lr_scale : float
+        Learning-rate factor of the bitwidth variables ``f`` (and ``i`` in SAT modes): every optimizer step of
+        them is multiplied by it (see :class:`ScaledStep`). Adam moves a variable by about the learning rate per
+        step whatever the size of its gradient, so without it bits shrink at a fixed pace and raising ``beta``
+        beyond some value changes little. Default :data:`BITS_LR_SCALE`.
 
     Examples
     --------
@@ -175,7 +268,7 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         f_init: float = 6.0,
         overflow_mode: str = 'WRAP',
         round_mode: str = 'RND',
-        i_init: float = 4.0,
+        i_init: float | None = None,
         signed: bool = True,
         momentum: float = 0.99,
         channel_axis: int = -1,
@@ -190,11 +283,11 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
             raise ValueError(f'{self.name}: momentum must be in [0, 1), got {momentum}')
         self.f_init = float(f_init)
         self.overflow_mode = overflow_mode
-        self.i_init = float(i_init)
+        self.i_init = None if i_init is None else float(i_init)
         self.signed = bool(signed)
         self.momentum = float(momentum)
         self.f_trainable = bool(f_trainable)
-        i0 = self.i_init
+        i0 = UNTRAINED_INTEGER_BITS if self.i_init is None else self.i_init
         if not float32_exact(np.exp2(i0), self.f_init):
             raise ValueError(
                 f'{self.name}: the initial format (i_init={i0:g}, f_init={self.f_init:g}) has {i0 + self.f_init:g} '
@@ -212,26 +305,52 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
     def build(self, input_shape: Sequence[int | None]) -> None:
         var_shape = self._set_shape(input_shape[1:])
         init = keras.initializers.Constant
-        self.f = self.add_weight(name='f', shape=var_shape, initializer=init(self.f_init), trainable=self.f_trainable)
+        i0 = UNTRAINED_INTEGER_BITS if self.i_init is None else self.i_init
+        self.f = self._add_bits_variable('f', var_shape, self.f_init, trainable=self.f_trainable)
         if self.tracks_range:
-            bound = 2.0**self.i_init
+            bound = 2.0**i0
             self.vmin = self.add_weight(name='vmin', shape=var_shape, initializer=init(-bound), trainable=False)
             self.vmax = self.add_weight(name='vmax', shape=var_shape, initializer=init(bound), trainable=False)
             # 1 after hgq.calibrate set the range from data, 0 again once training moves it (stale calibration).
             self.calibrated = self.add_weight(name='calibrated', shape=(), initializer=init(0.0), trainable=False)
+            # 0 until the range has been set from data (first training batch or set_range), when i_init is None.
+            started = 0.0 if self.i_init is None else 1.0
+            self.range_started = self.add_weight(
+                name='range_started', shape=(), initializer=init(started), trainable=False
+            )
+            # Largest magnitude of the range tracked in training (huge before training: nothing is pruned).
+            self.train_peak = self.add_weight(
+                name='train_peak', shape=var_shape, initializer=init(UNTRAINED_PEAK), trainable=False
+            )
         else:
-            self.i = self.add_weight(name='i', shape=var_shape, initializer=init(self.i_init), trainable=True)
+            self.i = self._add_bits_variable('i', var_shape, i0)
         super().build(input_shape)
 
+    def _pruned(self, f_int: Any) -> Any:
+        """WRAP mode: True where every value seen in training is smaller in magnitude than one step ``2**-f``.
+
+        Decided on ``train_peak``, the largest magnitude of the range tracked in training: :meth:`set_range`
+        (calibration) leaves it alone, so that calibration observes the model with the same pruned elements as
+        training and inference use.
+        """
+        return self.train_peak * 2.0**f_int < 1.0
+
     def _tracked_ki(self, f_int: Any) -> tuple[Any, Any]:
-        """Sign and integer bits that hold the tracked range ``[vmin, vmax]`` after rounding with ``f_int``."""
+        """Sign and integer bits that hold the tracked range ``[vmin, vmax]`` after rounding with ``f_int``.
+
+        An element whose every value seen in training is below one step (:meth:`_pruned`) gets width 0
+        (``k = 0, i = -f``): it is always exactly 0, even where a value would round up to one step. So one step of
+        ``f`` takes an element from 1 bit to 0 bits, instead of passing through a 1-bit format that only holds
+        ``0`` and ``2**-f``.
+        """
         scale = 2.0**f_int
         qmax = ops.maximum(round_codes(self.vmax * scale, self.round_mode, ops), 0.0) / scale
         qmin = ops.minimum(round_codes(self.vmin * scale, self.round_mode, ops), 0.0) / scale
         k = ops.cast(qmin < 0, self.f.dtype)
         i_pos = ops.ceil(ops.log2(qmax + 1.0 / scale))
         i_neg = ops.where(qmin < 0, ops.ceil(ops.log2(ops.maximum(-qmin, 1e-30))), i_pos)
-        return k, ops.maximum(i_pos, i_neg)
+        pruned = self._pruned(f_int)
+        return ops.where(pruned, 0.0, k), ops.where(pruned, -f_int, ops.maximum(i_pos, i_neg))
 
     def ki(self) -> tuple[Any, Any]:
         """Sign bit and integer bits as tensors (shape of the bitwidth variables); no gradient in WRAP mode."""
@@ -256,25 +375,39 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         self._check_input(x, batch=True)
         if self.observer is not None:
             self.observer(self, x)
+        self._mark_steps(training)
         f = self.f_int
         if self.tracks_range and training:
             self._track(x)
-            scale = 2.0**f
-            q = _round_codes_ste(self.round_mode)(x * scale) / scale
+            q = self._train_wrap(x, f)
         else:
             k, i = self.ki()
             q = quantize_tensor(x, k, i, f, self.round_mode, self.overflow_mode, _round_codes_ste(self.round_mode))
         self._add_bits_l1(self.bits())
         return q
 
+    def _train_wrap(self, x: Any, f: Any) -> Any:
+        """WRAP-mode training forward: rounding only (nothing wraps inside the tracked range); pruned elements are 0.
+
+        A pruned element outputs exactly 0, as at inference, and passes no gradient to ``x``; ``f`` still gets the
+        gradient it would get unpruned, so an element whose loss of information hurts can grow back.
+        """
+        scale = 2.0**f
+        round_fn = _round_codes_ste(self.round_mode)
+        q = round_fn(x * scale) / scale
+        q_f = round_fn(ops.stop_gradient(x) * scale) / scale  # depends on f only
+        return ops.where(ops.stop_gradient(self._pruned(f)), q_f - ops.stop_gradient(q_f), q)
+
     def _track(self, x: Any) -> None:
         axes = _reduce_axes(self.shape, self.vmax.shape, batch=True)
         batch_max = ops.reshape(ops.max(x, axis=axes), self.vmax.shape)
         batch_min = ops.reshape(ops.min(x, axis=axes), self.vmin.shape)
-        m = self.momentum
+        m = self.momentum * self.range_started  # the first batch sets the range when it has not started yet
         self.vmax.assign(ops.maximum(batch_max, m * self.vmax + (1 - m) * batch_max))
         self.vmin.assign(ops.minimum(batch_min, m * self.vmin + (1 - m) * batch_min))
         self.calibrated.assign(0.0)
+        self.range_started.assign(1.0)
+        self.train_peak.assign(ops.maximum(self.vmax, -self.vmin))
 
     def set_range(self, vmin: Any, vmax: Any) -> None:
         """Set the tracked range exactly (WRAP mode); used by :func:`hgq.calibrate`."""
@@ -282,6 +415,7 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
             raise ValueError(f'{self.name}: set_range applies to WRAP mode only (overflow_mode={self.overflow_mode})')
         self.vmin.assign(ops.cast(ops.broadcast_to(vmin, self.vmin.shape), self.vmin.dtype))
         self.vmax.assign(ops.cast(ops.broadcast_to(vmax, self.vmax.shape), self.vmax.dtype))
+        self.range_started.assign(1.0)
 
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
         return tuple(input_shape)
@@ -321,6 +455,8 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         Weight of an L1 penalty on the bitwidths.
     f_trainable : bool
         Whether ``f`` is learned; ``False`` freezes the bitwidths (used by :mod:`hgq.allocate`); weights still train.
+    bits_lr_scale : float
+        Learning-rate factor of ``f`` (see :class:`ActivationQuantizer`). Default :data:`BITS_LR_SCALE`.
 
     Examples
     --------
@@ -350,7 +486,7 @@ class WeightQuantizer(_FixedPointQuantizerBase):
     def build(self, weight_shape: Sequence[int]) -> None:
         var_shape = self._set_shape(weight_shape)
         self._fit_source: Callable[[], Any] | None = None
-        self.f = self.add_weight(name='f', shape=var_shape, initializer=self._initial_f, trainable=self.f_trainable)
+        self.f = self._add_bits_variable('f', var_shape, self._initial_f, trainable=self.f_trainable)
         super().build(weight_shape)
 
     def _initial_f(self, shape: tuple[int, ...], dtype: Any = None) -> Any:
@@ -386,8 +522,9 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         value = weights() if callable(weights) else weights
         self.f.assign(ops.cast(self._fitted_f(value, tuple(self.f.shape)), self.f.dtype))
 
-    def call(self, w: Any) -> Any:
+    def call(self, w: Any, training: bool | None = None) -> Any:
         self._check_input(w, batch=False)
+        self._mark_steps(training)
         f = self.f_int
         scale = 2.0**f
         return _round_codes_ste(self.round_mode)(w * scale) / scale

@@ -96,7 +96,8 @@ def test_ebops_logger_logs_exact_ebops_with_keras_history(digits):
 def test_beta_update_direction_bounds_and_dead_band():
     assert beta_update(1e-6, 2000, 2000, 1000) > 1e-6  # stuck above the target: push
     assert beta_update(1e-6, 500, 500, 1000) < 1e-6  # stuck below: release
-    assert beta_update(1e-6, 1020, 1020, 1000) == 1e-6  # inside the 5 % dead band, steady
+    assert beta_update(1e-6, 1015, 1015, 1000) == 1e-6  # inside the 2 % dead band, steady
+    assert beta_update(1e-6, 1030, 1030, 1000) > 1e-6  # outside it: push
     assert beta_update(1e-6, 2000, 8000, 1000) < 1e-6  # falling faster than wanted: ease off already
     assert beta_update(1e-6, 1e9, 1e9, 1, max_factor=1.5) == pytest.approx(1.5e-6)  # bounded step
     assert beta_update(1e-6, 1e-9, 1e-9, 1, max_factor=1.5) == pytest.approx(1e-6 / 1.5)

@@ -192,6 +192,10 @@ class HActivation(HLayer):
         if not self.built:
             raise ValueError(f'{self.name}: the layer is not built; build or call the model first')
 
+    @property
+    def priced_quantizers(self) -> list[ActivationQuantizer]:
+        return [self.input_quantizer] if self.is_lut else []
+
     def ebops(self) -> Any:
         if not self.is_lut:
             return ops.convert_to_tensor(0.0)

@@ -108,9 +108,27 @@ class HLayer(keras.layers.Layer):
         return np.maximum(k + i + f, 0)
 
     def add_ebops_loss(self, training: bool | None) -> None:
-        """Add ``beta * EBOPs`` to the layer losses during training (called at the end of ``call``)."""
+        """Add ``beta * (EBOPs + bits_cost)`` to the layer losses during training (called at the end of ``call``)."""
         if training:
-            self.add_loss(self.beta * self.ebops())
+            self.add_loss(self.beta * (self.ebops() + self.bits_cost()))
+
+    @property
+    def priced_quantizers(self) -> list[ActivationQuantizer]:
+        """The activation quantizers whose bits this layer's EBOPs count (the others pay :meth:`bits_cost`)."""
+        return []
+
+    def bits_cost(self) -> Any:
+        """Differentiable sum of the widths of the activation quantizers that no EBOPs term of this layer counts.
+
+        A tensor that feeds no multiplier here (the input of ``HQuantize``, of an addition, of a pooling layer)
+        still costs wires, registers and adders in proportion to its width, so each of its bits costs 1 in the
+        loss (times ``beta``), next to the ``bits(a) * bits(w)`` of every multiplication. No bitwidth is free:
+        without this, the bits of ``HQuantize -> HDense`` in front of the first layer never shrink. Not part of
+        :meth:`ebops` (which counts multiplications only).
+        """
+        priced = {id(q) for q in self.priced_quantizers}
+        widths = [ops.sum(q.bits()) for q in self.activation_quantizers if id(q) not in priced]
+        return sum(widths[1:], widths[0]) if widths else ops.convert_to_tensor(0.0)
 
     @property
     def activation_quantizers(self) -> list[ActivationQuantizer]:

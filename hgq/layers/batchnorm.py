@@ -15,7 +15,7 @@ from keras import ops
 from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer
 from hgq.layers.conv import HConv1D, HConv2D
 from hgq.layers.dense import HDense
-from hgq.quantizer import WeightQuantizer
+from hgq.quantizer import ActivationQuantizer, WeightQuantizer
 
 __all__ = ['HBatchNormalization', 'HDenseBatchNorm', 'HConv1DBatchNorm', 'HConv2DBatchNorm']
 
@@ -333,6 +333,10 @@ class HBatchNormalization(_BatchNormStatistics, HLayer):
         if training:
             self.add_loss(self.beta * self.scale_ebops(factor))
         return y
+
+    @property
+    def priced_quantizers(self) -> list[ActivationQuantizer]:
+        return [self.input_quantizer]
 
     def scale_ebops(self, factor: Any) -> Any:
         """Differentiable EBOPs with a given float scale: one multiplier per input element."""

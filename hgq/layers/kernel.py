@@ -9,7 +9,7 @@ import numpy as np
 from keras import ops
 
 from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer
-from hgq.quantizer import WeightQuantizer
+from hgq.quantizer import ActivationQuantizer, WeightQuantizer
 
 __all__ = ['HKernelLayer', 'check_activation', 'INTERNAL_ACTIVATIONS']
 
@@ -132,6 +132,10 @@ class HKernelLayer(HLayer):
         bias depend on batch statistics while training.
         """
         return self.kernel, (self.bias if self.use_bias else None)
+
+    @property
+    def priced_quantizers(self) -> list[ActivationQuantizer]:
+        return [self.input_quantizer]
 
     @property
     def weight_quantizers(self) -> list[WeightQuantizer]:

@@ -134,6 +134,10 @@ class HMultiply(HMerge):
     def merge(self, inputs: list[Any]) -> Any:
         return inputs[0] * inputs[1]
 
+    @property
+    def priced_quantizers(self) -> list[ActivationQuantizer]:
+        return self.activation_quantizers
+
     def ebops(self) -> Any:
         return ops.sum(self.input_quantizer.bits() * self.other_input_quantizers[0].bits())
 

@@ -1,0 +1,218 @@
+"""The mechanisms that let training reach the low-cost end of the accuracy-vs-EBOPs front.
+
+Each test pins one of them: a bit learning rate of its own (``bits_lr_scale``), WRAP quantizers that cross from
+1 bit to exactly 0 bits, input quantizers whose bits cost something in the loss, and ranges tracked from the first
+batch so that logged EBOPs are close to calibrated ones from the first epoch.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import hgq
+from hgq.layers import HDense, HQuantize
+from hgq.quantizer import BITS_LR_SCALE, ActivationQuantizer, ScaledStep, WeightQuantizer
+
+
+@pytest.fixture(scope='module')
+def digits():
+    data = hgq.datasets.digits()
+    return data.x_train, data.y_train
+
+
+def _compile(model, learning_rate=3e-3):
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(learning_rate), loss, metrics=['accuracy'])
+    return model
+
+
+def _mlp(beta, seed=0, **quantize):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            HQuantize(beta=beta, **quantize),
+            HDense(16, activation='relu', beta=beta),
+            HDense(10, beta=beta),
+        ]
+    )
+    return _compile(model)
+
+
+# -- bit learning rate -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('make', [ActivationQuantizer, WeightQuantizer], ids=['activation', 'weight'])
+@pytest.mark.parametrize('optimizer', ['adam', 'sgd'])
+def test_bits_lr_scale_multiplies_every_optimizer_step_of_f(make, optimizer):
+    x = np.random.default_rng(0).normal(size=(32, 6)).astype('float32')
+    steps = {}
+    for scale in (1.0, 4.0):
+        q = make(bits_lr_scale=scale, f_init=3.0)
+        q.build(x.shape if make is ActivationQuantizer else x.shape[1:])
+        opt = keras.optimizers.get(optimizer)
+        data = x if make is ActivationQuantizer else x[0]
+        before = q.f.numpy().copy()
+        for _ in range(3):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(q(data, training=True) - data)) + tf.reduce_sum(q.f)
+            opt.apply_gradients(zip(tape.gradient(loss, [q.f]), [q.f], strict=True))
+        steps[scale] = q.f.numpy() - before
+    assert np.all(np.abs(steps[1.0]) > 0)
+    np.testing.assert_allclose(steps[4.0], 4.0 * steps[1.0], rtol=1e-4, atol=1e-6)
+
+
+def test_scaled_step_is_not_a_layer_weight_and_assignments_between_steps_are_kept():
+    q = ActivationQuantizer(bits_lr_scale=3.0)
+    q.build((None, 4))
+    assert [v.path.rsplit('/', 1)[-1] for v in q.weights] == [
+        'f',
+        'vmin',
+        'vmax',
+        'calibrated',
+        'range_started',
+        'train_peak',
+    ]
+    assert isinstance(q.f.constraint, ScaledStep) and q.get_config()['bits_lr_scale'] == 3.0
+    q.f.assign(np.full(4, 2.0, 'float32'))  # a user's assignment: the next training call starts the step from it
+    q(np.ones((2, 4), 'float32'), training=True)
+    q.f.assign(q.f - 0.1)  # an optimizer step
+    q.f.assign(q.f.constraint(q.f))
+    np.testing.assert_allclose(q.f.numpy(), 2.0 - 0.3, rtol=1e-6)
+    assert ActivationQuantizer(bits_lr_scale=1.0).bits_lr_scale == 1.0
+    with pytest.raises(ValueError, match='bits_lr_scale'):
+        ActivationQuantizer(bits_lr_scale=0.0)
+
+
+def test_default_bit_learning_rate_moves_the_front_further_than_plain_adam(digits):
+    """Raising beta 10x keeps cutting EBOPs with the default bit learning rate; with plain Adam it barely does."""
+    x, y = digits
+    spec = {'bits_lr_scale': 1.0}
+    plain = {'input_quantizer': spec, 'kernel_quantizer': spec, 'bias_quantizer': spec}
+    ebops = {}
+    for scale_name, kwargs in (('default', {}), ('plain', plain)):
+        for beta in (3e-5, 3e-4):
+            keras.utils.set_random_seed(0)
+            model = keras.Sequential(
+                [
+                    keras.Input((64,)),
+                    HDense(16, activation='relu', beta=beta, **kwargs),
+                    HDense(10, beta=beta, **kwargs),
+                ]
+            )
+            _compile(model).fit(x, y, epochs=12, batch_size=64, verbose=0)
+            ebops[scale_name, beta] = hgq.calibrate(model, x)
+    print({k: round(v) for k, v in ebops.items()})
+    assert BITS_LR_SCALE > 1
+    assert ebops['default', 3e-4] < 0.8 * ebops['plain', 3e-4]
+    assert ebops['default', 3e-4] / ebops['default', 3e-5] < ebops['plain', 3e-4] / ebops['plain', 3e-5]
+
+
+# -- zero bits -----------------------------------------------------------------------------------------------------
+
+
+def test_one_step_of_f_takes_a_wrap_element_from_one_bit_to_exactly_zero():
+    x = np.linspace(0.0, 1.0, 17, dtype='float32')[:, None]  # digits pixels: 0 .. 16 / 16
+    q = ActivationQuantizer(f_init=0.0)
+    q.build((None, 1))
+    q(x, training=True)  # the range seen in training: [0, 1]
+    assert np.sum(q.kif()) == 1 and np.array_equal(q(x).numpy(), np.floor(x + 0.5))
+    q.f.assign([-1.0])  # 1.0 / 2 would round up to one step of 2: that value wraps to 0 in a width-0 format
+    k, i, f = q.kif()
+    assert (k + i + f).tolist() == [0] and float(q.bits().numpy()[0]) == 0.0
+    assert np.array_equal(q(x).numpy(), np.zeros_like(x))
+    assert np.array_equal(q(x, training=True).numpy(), np.zeros_like(x)), 'training forward must match inference'
+    assert np.array_equal(hgq.fixed_point.quantize(x, k, i, f, 'RND', 'WRAP'), np.zeros_like(x))
+    q.set_range(-(2.0**20), 2.0**20)  # calibration observes with an open range: the same elements stay pruned
+    assert np.sum(q.kif()) == 0 and np.array_equal(q(x).numpy(), np.zeros_like(x))
+    untrained = ActivationQuantizer(f_init=-1.0)
+    untrained.build((None, 1))
+    untrained.set_range(0.0, 1.0)  # never trained: only values that round to 0 make an element 0 bits wide
+    assert np.sum(untrained.kif()) == 1 and untrained(x).numpy().max() == 2.0
+
+
+def test_pruned_element_passes_no_gradient_to_x_but_f_can_grow_back():
+    x = tf.constant(np.full((8, 1), 0.75, 'float32'))
+    q = ActivationQuantizer(f_init=0.0)
+    q.build((None, 1))
+    q(x, training=True)  # every value seen in training is below one step of 1: pruned
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        out = q(x, training=True)
+        loss = tf.reduce_sum(tf.square(out - x))
+    assert np.array_equal(out.numpy(), np.zeros((8, 1)))
+    assert np.array_equal(tape.gradient(loss, x).numpy(), 2 * x.numpy())  # only the direct term (out - x)**2
+    assert float(tape.gradient(loss, q.f).numpy()[0]) != 0.0
+
+
+def test_wrap_input_elements_reach_zero_bits_under_ebops_pressure(digits):
+    x, y = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((64,)), HDense(16, activation='relu', beta=1e-3), HDense(10)])
+    _compile(model, 1e-2).fit(x, y, epochs=10, batch_size=32, verbose=0)
+    hgq.calibrate(model, x)
+    dense = model.layers[0]
+    widths = dense.input_bits_exact()
+    never_zero = np.any(x != 0, axis=0)
+    pruned = (widths == 0) & never_zero  # pixels with data whose input bits were pruned
+    assert pruned.sum() >= 5, widths
+    x_cut = x.copy()
+    x_cut[:, pruned] = 0.0
+    assert np.array_equal(model.predict(x, verbose=0), model.predict(x_cut, verbose=0))
+
+
+# -- no free bits ----------------------------------------------------------------------------------------------------
+
+
+def test_hquantize_bits_are_paid_in_the_loss_and_shrink_under_beta(digits):
+    x, y = digits
+    model = _mlp(1e-4)
+    layer = model.layers[0]
+    model(x[:4], training=True)
+    width = float(keras.ops.sum(layer.input_quantizer.bits()).numpy())
+    assert width > 0 and float(layer.bits_cost().numpy()) == width
+    assert sum(float(v) for v in layer.losses) == pytest.approx(1e-4 * width, rel=1e-6)
+    widths = {}
+    for beta in (0.0, 1e-4):
+        model = _mlp(beta)
+        model.optimizer.learning_rate.assign(1e-2)
+        model.fit(x, y, epochs=10, batch_size=32, verbose=0)
+        hgq.calibrate(model, x)
+        widths[beta] = model.layers[0].input_bits_exact().sum()
+    assert widths[1e-4] < 0.6 * widths[0.0], widths
+    # the first HDense counts its input bits in its EBOPs, so they pay no second time
+    assert float(model.layers[1].bits_cost().numpy()) == 0.0
+
+
+# -- ranges tracked from the first batch -----------------------------------------------------------------------------
+
+
+def test_first_epoch_ebops_are_close_to_calibrated_ebops(digits):
+    x, y = digits
+    model = _mlp(1e-5)
+    history = model.fit(x, y, epochs=1, batch_size=64, verbose=0, callbacks=[hgq.callbacks.EBOPsLogger()])
+    logged = history.history['ebops'][0]
+    calibrated = hgq.calibrate(model, x)
+    assert abs(logged / calibrated - 1) < 0.15, (logged, calibrated)
+    explicit = ActivationQuantizer(i_init=4.0)
+    explicit.build((None, 2))
+    explicit(np.zeros((2, 2), 'float32'), training=True)
+    np.testing.assert_allclose(explicit.vmax.numpy(), [16.0 * 0.99] * 2, rtol=1e-6)  # explicit: starts at +-2**i_init
+
+
+# -- BetaTarget ----------------------------------------------------------------------------------------------------
+
+
+def test_beta_target_ends_within_5_percent_of_the_target_on_digits():
+    """The benchmark's digits MLP (64-32-10, 60 epochs, batch 32): EBOPs end within 5 % of a 5,000 target."""
+    data = hgq.datasets.digits()
+    keras.utils.set_random_seed(0)
+    model = _compile(keras.Sequential([keras.Input((64,)), HDense(32, activation='relu'), HDense(10)]))
+    target = hgq.callbacks.BetaTarget(5000.0, beta_init=1e-5)
+    history = model.fit(data.x_train, data.y_train, epochs=60, batch_size=32, verbose=0, callbacks=[target])
+    logged = history.history['ebops'][-1]
+    calibrated = hgq.calibrate(model, data.x_train)
+    print(f'\nBetaTarget 5000: logged {logged:.0f}, calibrated {calibrated:.0f}')
+    assert abs(logged / 5000.0 - 1) <= 0.05
+    assert abs(calibrated / 5000.0 - 1) <= 0.05

@@ -7,7 +7,7 @@ the quantizers keep the state they had before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -70,33 +70,63 @@ def _batches(arrays: list[np.ndarray], batch_size: int) -> Iterator[list[np.ndar
         yield [a[start : start + batch_size] for a in arrays]
 
 
-def _reduce(values: np.ndarray, var_shape: tuple[int, ...], fn) -> np.ndarray:
-    axes = (0, *(a + 1 for a, v in enumerate(var_shape) if v == 1 and values.shape[a + 1] != 1))
-    return fn(values, axis=axes).reshape(var_shape)
-
-
 class _RangeObserver:
-    """Collects the exact minimum and maximum of every quantizer input, per bitwidth-variable element."""
+    """Accumulates, in variables, the exact minimum and maximum of every quantizer input per bitwidth element.
 
-    def __init__(self) -> None:
-        self.ranges: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self.errors: list[str] = []  # raised after the model call (Keras would wrap an error raised inside it)
+    Written with ``keras.ops`` on variables, so that the observation also runs inside a compiled function.
+    """
+
+    def __init__(self, quantizers: Sequence[ActivationQuantizer]) -> None:
+        def variable(shape: tuple[int, ...], value: float) -> keras.Variable:
+            return keras.Variable(np.full(shape, value, dtype='float32'), trainable=False)
+
+        shapes = {id(q): tuple(q.vmin.shape) for q in quantizers}
+        self.low = {key: variable(shape, np.inf) for key, shape in shapes.items()}
+        self.high = {key: variable(shape, -np.inf) for key, shape in shapes.items()}
+        # Per quantizer: how many values were seen, and how many were non-finite or beyond the open range.
+        self.seen = {key: variable((), 0.0) for key in shapes}
+        self.bad = {key: variable((), 0.0) for key in shapes}
 
     def __call__(self, quantizer: ActivationQuantizer, x: Any) -> None:
-        values = np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
-        bound = 2.0 ** (OPEN_RANGE_BITS - 1)
-        if not np.all(np.isfinite(values)) or np.max(np.abs(values)) >= bound:
-            self.errors.append(
-                f'{quantizer.name}: calibration saw values beyond +-2**{OPEN_RANGE_BITS - 1} or non-finite values '
-                '(non-finite weights after a diverged training, or data far outside the training range)'
-            )
-            return
-        var_shape = tuple(quantizer.vmax.shape)
-        low, high = _reduce(values, var_shape, np.min), _reduce(values, var_shape, np.max)
-        if id(quantizer) in self.ranges:
-            old_low, old_high = self.ranges[id(quantizer)]
-            low, high = np.minimum(low, old_low), np.maximum(high, old_high)
-        self.ranges[id(quantizer)] = (low, high)
+        key = id(quantizer)
+        var_shape = tuple(self.low[key].shape)
+        axes = (0, *(a + 1 for a, (v, s) in enumerate(zip(var_shape, quantizer.shape, strict=True)) if v == 1 != s))
+        x = ops.cast(x, 'float32')
+        finite = ops.isfinite(x)
+        bad = ops.logical_or(ops.logical_not(finite), ops.abs(x) >= 2.0 ** (OPEN_RANGE_BITS - 1))
+        low = ops.reshape(ops.min(ops.where(finite, x, np.inf), axis=axes), var_shape)
+        high = ops.reshape(ops.max(ops.where(finite, x, -np.inf), axis=axes), var_shape)
+        self.low[key].assign(ops.minimum(self.low[key], low))
+        self.high[key].assign(ops.maximum(self.high[key], high))
+        self.seen[key].assign_add(ops.cast(ops.size(x), 'float32'))
+        self.bad[key].assign_add(ops.sum(ops.cast(bad, 'float32')))
+
+    def ranges(self, quantizers: Sequence[ActivationQuantizer]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The observed ranges, after checking that every quantizer saw data and only values it can hold."""
+        unseen = [q.name for q in quantizers if float(self.seen[id(q)].numpy()) == 0]
+        if unseen:
+            raise CalibrationError(f'quantizers {unseen} saw no data: the model does not call their layers')
+        for quantizer in quantizers:
+            if float(self.bad[id(quantizer)].numpy()) > 0:
+                raise CalibrationError(
+                    f'{quantizer.name}: calibration saw {int(self.bad[id(quantizer)].numpy())} values beyond '
+                    f'+-2**{OPEN_RANGE_BITS - 1} or non-finite (non-finite weights after a diverged training, or '
+                    'data far outside the training range)'
+                )
+        return {id(q): (self.low[id(q)].numpy(), self.high[id(q)].numpy()) for q in quantizers}
+
+
+def _forward(model: keras.Model) -> Callable[[list[np.ndarray]], Any]:
+    """``model(batch, training=False)``, compiled with TensorFlow when that is the backend (eager otherwise)."""
+
+    def forward(batch: list[Any]) -> Any:
+        return model(batch if len(batch) > 1 else batch[0], training=False)
+
+    if keras.backend.backend() == 'tensorflow':
+        import tensorflow as tf
+
+        return tf.function(forward, reduce_retracing=True)
+    return forward
 
 
 def _observe(
@@ -106,27 +136,23 @@ def _observe(
     batch_size: int,
     verbose: int,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """Run ``model`` eagerly over the data with open ranges, recording each quantizer's input range."""
-    observer = _RangeObserver()
+    """Run ``model`` over the data with open ranges, recording each quantizer's input range."""
+    observer = _RangeObserver(quantizers)
     bound = 2.0**OPEN_RANGE_BITS
     progress = keras.utils.Progbar(len(inputs[0])) if verbose else None
     for quantizer in quantizers:
         quantizer.set_range(-bound, bound)
         quantizer.observer = observer
     try:
+        forward = _forward(model)  # traced while the observers are attached, used only here
         for batch in _batches(inputs, batch_size):
-            model(batch if len(batch) > 1 else batch[0], training=False)
-            if observer.errors:
-                raise CalibrationError(observer.errors[0])
+            forward(batch)
             if progress is not None:
                 progress.add(len(batch[0]))
     finally:
         for quantizer in quantizers:
             quantizer.observer = None
-    unseen = [q.name for q in quantizers if id(q) not in observer.ranges]
-    if unseen:
-        raise CalibrationError(f'quantizers {unseen} saw no data: the model does not call their layers')
-    return observer.ranges
+    return observer.ranges(quantizers)
 
 
 def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: int = 0) -> float:
@@ -136,9 +162,9 @@ def calibrate(model: keras.Model, data: Any, batch_size: int = 1024, verbose: in
     fewest integer bits that hold it. Run it before conversion to HLS and before reporting EBOPs.
 
     All or nothing: the data are checked first (a non-empty array, or one per model input, all finite), the
-    ranges are observed with every quantizer opened to ``+-2**20``, and they are written only if every value stayed
-    inside ``+-2**19`` and the calibrated model is exact in float32 (:func:`hgq.exactness.float32_problems`).
-    Otherwise the model is left as it was and an error names the problem.
+    ranges are observed (one pass over the data) with every quantizer opened to ``+-2**20``, and they are written
+    only if every value stayed inside ``+-2**19`` and the calibrated model is exact in float32
+    (:func:`hgq.exactness.float32_problems`). Otherwise the model is left as it was and an error names the problem.
 
     Parameters
     ----------

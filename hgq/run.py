@@ -88,6 +88,8 @@ def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Opti
 def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbose: int = 1):
     """Build, compile and fit the model of ``config``, keeping its Pareto front in ``directory/pareto``.
 
+    Data holding NaN or infinite values are refused before anything is built.
+
     Returns
     -------
     model : keras.Model
@@ -97,6 +99,7 @@ def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbos
     front : ParetoFront
         The callback, whose ``points`` are the saved checkpoints.
     """
+    _check_finite_data(data)
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, data.input_shape, data.n_classes)
     loss, metrics, metric, side = _task(data)
@@ -405,7 +408,6 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     say(f'loading data set {config.dataset.name}')
     data = load(config.dataset.name, **config.dataset.options)
     say(f'{data}')
-    _check_finite_data(data)
     if config.export.synth:
         from hgq.rtl.verilog import require_tool
 

@@ -289,3 +289,16 @@ def test_to_hls_refuses_subclassed_and_inexact_models_clearly(tmp_path):
     with pytest.raises(ConversionError, match=r'cannot be bit-exact \(Keras computes in float32\): h_dense'):
         hgq.to_hls(wide, tmp_path / 'b', allow_uncalibrated=True)
     assert not (tmp_path / 'b').exists()
+
+
+def test_training_data_with_nan_is_refused_before_training(tmp_path):
+    from dataclasses import replace
+
+    from hgq.run import train
+
+    data = hgq.datasets.digits()
+    x_train = data.x_train.copy()
+    x_train[3, 5] = np.nan
+    with pytest.raises(ValueError, match='data set digits: x_train holds 1 NaN or infinite values'):
+        train(parse_config(BASE), replace(data, x_train=x_train), tmp_path)
+    assert not (tmp_path / 'pareto').exists()

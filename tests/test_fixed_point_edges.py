@@ -1,10 +1,12 @@
 """Edge cases of :mod:`hgq.fixed_point` that the mutation run showed unpinned: zero groups, per-element signs and
 the messages of the errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 
-from hgq.fixed_point import fixed_type_string, minimal_kif
+from hgq.fixed_point import fixed_type_string, float32_exact, minimal_kif
 
 
 @pytest.mark.parametrize('axis', [None, 0])
@@ -40,3 +42,14 @@ def test_fixed_type_string_names_a_bad_sign_bit():
         fixed_type_string(1, 3, 4, 'ROUND')
     with pytest.raises(ValueError, match=r"overflow_mode must be one of .*got 'CLIP'"):
         fixed_type_string(1, 3, 4, 'RND', 'CLIP')
+
+
+def test_float32_exact_of_zeros_huge_and_non_finite_bounds_warns_nothing():
+    """Always-zero values are exact at any ``f`` (even ``-inf``); huge or non-finite bounds are not, silently."""
+    max_abs = np.array([0.0, 0.0, 1e308, np.inf, np.nan, 2.0**128, 1.0])
+    f = np.array([-np.inf, 500.0, 100.0, -np.inf, 0.0, -110.0, 24.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        result = float32_exact(max_abs, f)
+    assert result.tolist() == [True, True, False, False, False, False, False]
+    assert float32_exact(1.0, 23).item() and float32_exact([[1.0], [2.0]], [0, 23]).shape == (2, 2)

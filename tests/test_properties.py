@@ -19,6 +19,7 @@ from hgq.fixed_point import (
     OVERFLOW_MODES,
     ROUND_MODES,
     fixed_type_string,
+    float32_exact,
     minimal_kif,
     quantize,
     quantize_tensor,
@@ -258,3 +259,18 @@ def test_activation_quantizer_at_inference_is_quantize_with_its_kif(granularity,
     once = keras.ops.convert_to_numpy(q(x))
     assert _same(once[0].astype(np.float64), quantize(x[0].astype(np.float64), k, i_bits, f_bits, round_mode, overflow))
     assert _same(keras.ops.convert_to_numpy(q(once)), once)
+
+
+@given(st.integers(-40, 140), st.integers(0, 2**26))
+def test_float32_exact_follows_its_rule_and_is_right_when_it_says_so(f, n):
+    """``float32_exact(n * 2**-f, f)``: true iff ``n <= 2**24`` and ``f <= 126`` (or always zero), and when true the
+    largest multiples of the step up to the bound survive a round trip through float32."""
+    max_abs = n * 2.0**-f
+    expected = n == 0 or (n <= 2**24 and f <= 126)
+    assert float32_exact(max_abs, f).item() is expected
+    if expected and n:
+        multiples = np.array([n, n - 1, max(n - 3, 0)], dtype=np.float64) * 2.0**-f
+        assert np.array_equal(multiples.astype(np.float32).astype(np.float64), multiples)
+    if n > 2**24 and f <= 126:  # a witness: an odd multiple beyond 24 significant bits
+        witness = (2**24 + 1) * 2.0**-f
+        assert witness <= max_abs and float(np.float32(witness)) != witness

@@ -47,7 +47,7 @@ def test_fixed_type_string_names_a_bad_sign_bit():
 def test_float32_exact_of_zeros_huge_and_non_finite_bounds_warns_nothing():
     """Always-zero values are exact at any ``f`` (even ``-inf``); huge or non-finite bounds are not, silently."""
     max_abs = np.array([0.0, 0.0, 1e308, np.inf, np.nan, 2.0**128, 1.0])
-    f = np.array([-np.inf, 500.0, 100.0, -np.inf, 0.0, -110.0, 24.0])
+    f = np.array([-np.inf, 500.0, 100.0, -np.inf, 0.0, -110.0, 25.0])
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         result = float32_exact(max_abs, f)

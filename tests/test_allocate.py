@@ -19,7 +19,7 @@ from hgq.allocate.numerics import (
     solve_allocation,
     weight_fractional_bits,
 )
-from hgq.layers import HDense, HLayer
+from hgq.layers import HConv1DBatchNorm, HDense, HLayer, HQuantize
 from hgq.quantizer import ActivationQuantizer
 
 # -- the integer program against brute force -----------------------------------------------------------------------
@@ -302,3 +302,29 @@ def test_allocated_model_converts_bit_exactly(digits_model, tmp_path):
     model, x, y, _ = digits_model
     h_model = allocate(model, x[:1200], y[:1200], method='hawq_v3', budget_ebops=2500, verbose=0)
     assert_csim_bit_exact(h_model, x[:1200], tmp_path)  # on the data and on the data doubled (overflows)
+
+
+def test_allocate_conv_model_and_fused_batchnorm_h_model():
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    x = rng.normal(size=(256, 16, 2)).astype('float32')
+    y = rng.integers(0, 3, size=256)
+    conv = keras.Sequential(
+        [
+            keras.Input((16, 2)),
+            keras.layers.Conv1D(4, 3, activation='relu'),
+            keras.layers.MaxPooling1D(2),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    out = allocate(conv, x, method='ompq', budget_ebops=400, granularity='channel', verbose=0)
+    assert 0 < hgq.ebops(out) <= 400
+    h_bn = keras.Sequential(
+        [keras.Input((16, 2)), HQuantize(), HConv1DBatchNorm(4, 3, activation='relu'), keras.layers.Flatten()]
+    )
+    h_bn.add(HDense(3))
+    h_bn.layers[1].moving_variance.assign(rng.uniform(0.2, 4.0, 4))
+    out = allocate(h_bn, x, y, method='hawq_v3', budget_ebops=600, verbose=0)
+    assert 0 < hgq.ebops(out) <= 600
+    assert isinstance(out.layers[1], HConv1DBatchNorm)

@@ -31,8 +31,15 @@ from hgq.calibrate import calibrate
 from hgq.ebops import ebops, h_layers
 from hgq.fixed_point import float32_exact
 from hgq.from_keras import from_keras
-from hgq.layers import HBatchNormalization, HKernelLayer, HLayer, HQuantize
-from hgq.layers.batchnorm import _FusedBatchNorm
+from hgq.layers import (
+    HBatchNormalization,
+    HConv1DBatchNorm,
+    HConv2DBatchNorm,
+    HDenseBatchNorm,
+    HKernelLayer,
+    HLayer,
+    HQuantize,
+)
 from hgq.layers.pooling import HGlobalAveragePooling, HPooling
 from hgq.quantizer import effective_bits
 
@@ -46,6 +53,8 @@ DEFAULT_ACT_BITS = {'hawq_v3': (2, 3, 4, 5, 6, 8), 'ompq': (2, 3, 4, 5, 6, 8), '
 WIDE_F = 16  # fractional bits of the near-float model that measures ranges and sensitivities
 MAX_ATTEMPTS = 12
 _RANGE_LAYERS = (HQuantize, HPooling, HGlobalAveragePooling, HBatchNormalization)
+# kernel layers with a batch normalization fused in: their kernel is a product, so it cannot be clipped to a format
+_FUSED_BATCHNORM = (HDenseBatchNorm, HConv1DBatchNorm, HConv2DBatchNorm)
 
 
 @dataclass
@@ -205,7 +214,7 @@ def _make_unit(layer: HKernelLayer, bits, act_bits, method: str, granularity: st
     kernel = np.asarray(ops.convert_to_numpy(layer.float_kernel_and_bias()[0]), dtype=np.float64)
     groups = _channel_groups(kernel.shape[-1], method, granularity, cluster_size)
     # least-squares scales need clipping, which only a plain kernel variable allows (not a batch-norm fusion)
-    weight_f = _weight_formats(kernel, bits, groups, 'max' if isinstance(layer, _FusedBatchNorm) else 'mse')
+    weight_f = _weight_formats(kernel, bits, groups, 'max' if isinstance(layer, _FUSED_BATCHNORM) else 'mse')
     top = _max_int_bits(layer.input_quantizer)
     act_f = np.array([b - top for b in act_bits], dtype=np.float64)
     return _Unit(layer, kernel, act_f, weight_f, tuple(bits))
@@ -270,7 +279,7 @@ def _hawq_penalties(model, units, bits, loss, x, y, n_probes, seed) -> list[tupl
     base = evaluate()
     penalties = []
     for unit, diag in zip(units, diagonals, strict=True):
-        if isinstance(unit.layer, _FusedBatchNorm):  # the Hessian is w.r.t. the kernel before the factor
+        if isinstance(unit.layer, _FUSED_BATCHNORM):  # the Hessian is w.r.t. the kernel before the factor
             factor = np.asarray(ops.convert_to_numpy(unit.layer.normalization()[0]), dtype=np.float64)
             diag = diag / factor**2
         axes = tuple(range(unit.kernel.ndim - 1))
@@ -334,7 +343,7 @@ def _apply(units: list[_Unit], solution: nm.Allocation, bits, granularity: str, 
             bq = layer.bias_quantizer
             bias_f = f + unit.act_f[act]
             _assign(bq.f, bias_f if bq.granularity == 'channel' else np.max(bias_f))
-        if not isinstance(layer, _FusedBatchNorm):
+        if not isinstance(layer, _FUSED_BATCHNORM):
             limit = np.array([2.0 ** (bits[w] - 1) - 1 if bits[w] > 1 else 1.0 for w in per_channel]) * 2.0**-f
             _assign(layer.kernel, np.clip(unit.kernel, -limit, limit))
         chosen.append(
@@ -403,7 +412,7 @@ class _KeepFormats(keras.callbacks.Callback):
 def _finetune(model, units, chosen, x, y, loss, epochs, batch_size, learning_rate, budget, verbose) -> None:
     limits = []
     for unit, choice in zip(units, chosen, strict=True):
-        if isinstance(unit.layer, _FusedBatchNorm):
+        if isinstance(unit.layer, _FUSED_BATCHNORM):
             limits.append(None)
             continue
         f = ops.convert_to_numpy(unit.layer.kernel_quantizer.f).reshape(-1)
@@ -552,6 +561,7 @@ def allocate(
     -------
     keras.Model
         A calibrated H-model with frozen bitwidths (``f`` not trainable); ``(model, report)`` with ``return_report``.
+        Lookup-table layers (``HActivation`` other than ``relu``, ``HSoftmax``) keep their own quantizers.
 
     Raises
     ------

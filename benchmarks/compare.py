@@ -6,6 +6,9 @@ Run in the hgq virtual environment after the training scripts::
 
 Writes ``benchmarks/results/<dataset>.json`` (every run and the per-setting aggregates), ``<dataset>.md`` (tables)
 and ``<dataset>.png`` (test accuracy against EBOPs, log scale).
+
+``--reuse-peers`` takes the peers' runs from the existing ``results/<dataset>.json`` instead of their dumps (for
+when only this project's models were retrained and the peers' scripts did not change); the output says so.
 """
 
 from __future__ import annotations
@@ -20,16 +23,24 @@ import numpy as np
 from bench_common import RESULTS_DIR, WORK_DIR, load_dump, model_ebops
 
 TOOL_ORDER = ('hgq (ours)', 'HGQ2 0.2.0', 'QKeras 0.9.0')
+OURS = TOOL_ORDER[0]
+PEERS = TOOL_ORDER[1:]
+# Column of the threshold table for our beta ramps with a Pareto front of checkpoints.
+RAMPS = 'hgq (ours), beta ramps + ParetoFront'
+
 # Accuracy levels of the "fewest EBOPs reaching an accuracy" table, per data set.
 THRESHOLDS = {'digits': (0.90, 0.93, 0.95, 0.96, 0.97), 'fashion_mnist': (0.80, 0.83, 0.85, 0.86, 0.87)}
 STYLES = {'hgq (ours)': ('tab:red', 'o'), 'HGQ2 0.2.0': ('tab:blue', 's'), 'QKeras 0.9.0': ('tab:green', '^')}
+RAMP_STYLE = ('darkred', 'x')
 
 
-def collect(dataset: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def collect(dataset: str, reuse_peers: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Per-run records of the quantized models and of the float reference."""
     paths = sorted((WORK_DIR / 'dumps' / dataset).glob('*.npz'))
     if not paths:
         raise FileNotFoundError(f'no dumps under {WORK_DIR / "dumps" / dataset}; run the training scripts first')
+    if reuse_peers:
+        paths = [p for p in paths if load_dump(p)['meta'].get('tool') not in PEERS]
     runs, floats = [], []
     for path in paths:
         dump = load_dump(path)
@@ -49,7 +60,20 @@ def collect(dataset: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                 'zero_weights': [float(np.mean(k == 0)) for k in dump['kernels']],
             }
         )
+    if reuse_peers:
+        runs += previous_peer_runs(dataset)
     return runs, floats
+
+
+def previous_peer_runs(dataset: str) -> list[dict[str, Any]]:
+    """The peers' per-run records of the existing ``results/<dataset>.json`` (marked ``reused``)."""
+    path = RESULTS_DIR / f'{dataset}.json'
+    if not path.is_file():
+        raise FileNotFoundError(f'--reuse-peers: {path} is missing; run the peers first')
+    runs = [r for r in json.loads(path.read_text())['runs'] if r['tool'] in PEERS]
+    if not runs:
+        raise ValueError(f'--reuse-peers: {path} holds no peer runs')
+    return [{**r, 'reused': True} for r in runs]
 
 
 def series_name(meta: dict[str, Any]) -> str:
@@ -61,7 +85,8 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and standard deviation over seeds of every (tool, setting)."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[run['tool'], run['config']].append(run)
+        if 'ramp' not in run:
+            groups[run['tool'], run['config']].append(run)
     rows = []
     for (tool, config), members in groups.items():
         acc = np.array([m['test_accuracy'] for m in members])
@@ -98,8 +123,13 @@ def mark_pareto(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def cheapest_at(rows: list[dict[str, Any]], thresholds: list[float]) -> list[dict[str, Any]]:
-    """For each tool and accuracy threshold, the setting with the fewest mean EBOPs reaching it."""
+def cheapest_at(rows: list[dict[str, Any]], runs: list[dict[str, Any]], thresholds: list[float]) -> list[dict]:
+    """For each tool and accuracy threshold, the setting with the fewest mean EBOPs reaching it.
+
+    Constant settings: mean accuracy over seeds >= threshold, fewest mean EBOPs. Beta ramps (column ``RAMPS``):
+    in every seed's front the cheapest checkpoint whose test accuracy reaches the threshold, EBOPs averaged over
+    seeds (only if every seed has one). ``ratio`` is our constant-beta cost over the best peer's.
+    """
     table = []
     for threshold in thresholds:
         entry: dict[str, Any] = {'accuracy_at_least': threshold}
@@ -107,8 +137,32 @@ def cheapest_at(rows: list[dict[str, Any]], thresholds: list[float]) -> list[dic
             ok = [r for r in rows if r['tool'] == tool and r['accuracy_mean'] >= threshold]
             best = min(ok, key=lambda r: r['ebops_mean']) if ok else None
             entry[tool] = None if best is None else {'config': best['config'], 'ebops': best['ebops_mean']}
+        entry[RAMPS] = cheapest_ramp_at(runs, threshold)
+        peers = [entry[t]['ebops'] for t in PEERS if entry[t] is not None]
+        for key in (OURS, RAMPS):
+            if entry[key] is not None and peers:
+                entry[key]['ratio'] = entry[key]['ebops'] / min(peers)
         table.append(entry)
     return table
+
+
+def cheapest_ramp_at(runs: list[dict[str, Any]], threshold: float) -> dict[str, Any] | None:
+    """Best ramp for a threshold: per seed the cheapest front checkpoint reaching it, EBOPs averaged over seeds."""
+    ramps: dict[str, dict[int, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if 'ramp' in run:
+            ramps[run['config']][run['seed']].append(run)
+    best = None
+    for config, seeds in ramps.items():
+        cheapest = [
+            min((r['ebops'] for r in points if r['test_accuracy'] >= threshold), default=None)
+            for points in seeds.values()
+        ]
+        if cheapest and None not in cheapest:
+            value = float(np.mean(cheapest))
+            if best is None or value < best['ebops']:
+                best = {'config': config, 'ebops': value, 'seeds': len(cheapest)}
+    return best
 
 
 def own_ebops_check(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -121,7 +175,7 @@ def own_ebops_check(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def markdown(dataset: str, rows, floats, cheapest, check) -> str:
+def markdown(dataset: str, rows, floats, cheapest, check, runs=()) -> str:
     float_acc = np.array([f['test_accuracy'] for f in floats]) if floats else None
     s = floats[0] if floats else {}
     lines = [
@@ -149,11 +203,22 @@ def markdown(dataset: str, rows, floats, cheapest, check) -> str:
             f'| {spread(r["ebops_mean"], r["ebops_std"], n, ".0f")} | {per_layer} | {r["zero_weights_mean"]:.1%} '
             f'| {r["train_seconds_mean"]:.1f} | {"yes" if r["pareto"] else ""} |'
         )
+    lines += ramp_lines(runs)
     lines += ['', '## Fewest EBOPs reaching an accuracy (mean over seeds)', '']
-    lines += ['| accuracy ≥ | ' + ' | '.join(TOOL_ORDER) + ' |', '|---|' + '---|' * len(TOOL_ORDER)]
+    columns = (*TOOL_ORDER, RAMPS)
+    lines += ['| accuracy ≥ | ' + ' | '.join(columns) + ' |', '|---|' + '---|' * len(columns)]
     for entry in cheapest:
-        cells = ['—' if entry[t] is None else f'{entry[t]["ebops"]:.0f} ({entry[t]["config"]})' for t in TOOL_ORDER]
+        cells = [cheapest_cell(entry[t]) for t in columns]
         lines.append(f'| {entry["accuracy_at_least"]:.2f} | ' + ' | '.join(cells) + ' |')
+    lines += [
+        '',
+        "x: cost over the best peer's at that accuracy. Ramps: per seed the cheapest Pareto-front checkpoint "
+        '(chosen during training on training accuracy and EBOPs) whose test accuracy reaches the threshold, '
+        'averaged over seeds; constant settings: the mean test accuracy over seeds must reach it.',
+    ]
+    reused = sorted({r['tool'] for r in runs if r.get('reused')})
+    if reused:
+        lines += ['', f'Runs of {", ".join(reused)} reused from the previous results (their scripts did not change).']
     if check:
         lines += [
             '',
@@ -162,6 +227,33 @@ def markdown(dataset: str, rows, floats, cheapest, check) -> str:
         ]
         lines += [f'- {tool}: {diff:.2%}' for tool, diff in check.items()]
     return '\n'.join(lines) + '\n'
+
+
+def cheapest_cell(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return '—'
+    ratio = f', {cell["ratio"]:.2f}x' if 'ratio' in cell else ''
+    return f'{cell["ebops"]:.0f} ({cell["config"]}{ratio})'
+
+
+def ramp_lines(runs) -> list[str]:
+    """Every Pareto-front checkpoint of the beta ramps, by ramp and seed."""
+    points = sorted((r for r in runs if 'ramp' in r), key=lambda r: (r['config'], r['seed'], r['ebops']))
+    if not points:
+        return []
+    lines = [
+        '',
+        '## Beta ramps with ParetoFront (hgq): every checkpoint of each front',
+        '',
+        '| ramp | seed | epoch | beta | train accuracy | test accuracy | EBOPs | input width |',
+        '|---|---|---|---|---|---|---|---|',
+    ]
+    for r in points:
+        lines.append(
+            f'| {r["config"]} | {r["seed"]} | {r["epoch"]} | {r["beta"]:.2g} | {r["train_accuracy"]:.4f} '
+            f'| {r["test_accuracy"]:.4f} | {r["ebops"]:.0f} | {r.get("input_width")} |'
+        )
+    return lines
 
 
 def ebops_label(value: float, _position: Any = None) -> str:
@@ -190,7 +282,7 @@ def plot(dataset: str, runs, rows, floats, path: Path) -> None:
         tool = name.split(',')[0]
         color, marker = STYLES[tool]
         dashed = name != tool and not name.endswith('i_act=0')
-        mine = [r for r in runs if r['series'] == name]
+        mine = [r for r in runs if r['series'] == name and 'ramp' not in r]
         ax.scatter(
             [r['ebops'] for r in mine], [r['test_accuracy'] for r in mine], color=color, marker=marker, alpha=0.25, s=14
         )
@@ -205,6 +297,17 @@ def plot(dataset: str, runs, rows, floats, path: Path) -> None:
             mfc='white' if dashed else color,
             label=name,
             capsize=2,
+        )
+    ramp = [r for r in runs if 'ramp' in r]
+    if ramp:
+        color, marker = RAMP_STYLE
+        ax.scatter(
+            [r['ebops'] for r in ramp],
+            [r['test_accuracy'] for r in ramp],
+            color=color,
+            marker=marker,
+            s=18,
+            label=f'{RAMPS} (checkpoints)',
         )
     if floats:
         ax.axhline(np.mean([f['test_accuracy'] for f in floats]), color='grey', ls='--', label='float32')
@@ -226,10 +329,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dataset', default='digits')
     parser.add_argument('--thresholds', type=float, nargs='+', default=None, help='default: THRESHOLDS[dataset]')
+    parser.add_argument('--reuse-peers', action='store_true', help="peers' runs from the existing results JSON")
     args = parser.parse_args()
-    runs, floats = collect(args.dataset)
+    runs, floats = collect(args.dataset, args.reuse_peers)
     rows = aggregate(runs)
-    cheapest = cheapest_at(rows, args.thresholds or list(THRESHOLDS.get(args.dataset, (0.9,))))
+    cheapest = cheapest_at(rows, runs, args.thresholds or list(THRESHOLDS.get(args.dataset, (0.9,))))
     check = own_ebops_check(runs)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     result = {
@@ -241,7 +345,7 @@ def main() -> None:
         'runs': runs,
     }
     (RESULTS_DIR / f'{args.dataset}.json').write_text(json.dumps(result, indent=1) + '\n')
-    text = markdown(args.dataset, rows, floats, cheapest, check)
+    text = markdown(args.dataset, rows, floats, cheapest, check, runs)
     (RESULTS_DIR / f'{args.dataset}.md').write_text(text)
     plot(args.dataset, runs, rows, floats, RESULTS_DIR / f'{args.dataset}.png')
     print(text)

@@ -1,17 +1,27 @@
 """Train this project's HGQ on a benchmark data set with a sweep of ``beta`` and dump every model.
 
-Run in the hgq virtual environment (``/work/venv``)::
+Run in the hgq virtual environment (``/work/main/.venv``)::
 
-    python benchmarks/train_hgq.py --dataset digits --betas 0 1e-6 3e-6 1e-5 3e-5
+    python benchmarks/train_hgq.py --dataset digits --betas 0 1e-6 3e-6 1e-5 3e-5 --ramps 1e-6:1e-3
 
-Model: ``HQuantize -> HDense(hidden, relu) -> HDense(10)``. After training, ``hgq.calibrate`` sets the exact
-integer bits from the training set; the dump holds the quantized kernels and the width ``k + i + f`` of every
-input element of each ``HDense`` (its input quantizer after calibration). A float Keras model of the same shape
-is dumped too, as the accuracy reference.
+Model: ``HQuantize -> HDense(hidden, relu) -> HDense(10)``, every layer with the same ``beta``. Two ways to train,
+as users do:
+
+- constant ``beta`` (``--betas``): the final model is dumped;
+- a log ramp of ``beta`` (``--ramps START:END``, :class:`hgq.callbacks.BetaSchedule` from START at the first epoch
+  to END at the last) with :class:`hgq.callbacks.ParetoFront` keeping the checkpoints that no other beats in both
+  training accuracy and EBOPs; every checkpoint of the front is dumped. Checkpoints are chosen on training
+  accuracy, never on the test set.
+
+After training, ``hgq.calibrate`` sets the exact integer bits from the training set; the dump holds the quantized
+kernels and the width ``k + i + f`` of every input element of each ``HDense`` (its input quantizer after
+calibration), and the firmware input width (sum of the ``HQuantize`` widths). A float Keras model of the same
+shape is dumped too, as the accuracy reference.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 import keras
@@ -26,7 +36,7 @@ def build(n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
     return keras.Sequential(
         [
             keras.Input((n_in,)),
-            HQuantize(),
+            HQuantize(beta=beta),
             HDense(hidden, activation='relu', beta=beta),
             HDense(n_out, beta=beta),
         ]
@@ -39,7 +49,7 @@ def build_float(n_in: int, hidden: int, n_out: int) -> keras.Model:
     )
 
 
-def fit(model: keras.Model, data: dict[str, np.ndarray], settings: dict) -> float:
+def fit(model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbacks: list | None = None) -> float:
     """Compile and train; returns the wall time in seconds."""
     model.compile(
         keras.optimizers.Adam(settings['learning_rate']),
@@ -54,6 +64,7 @@ def fit(model: keras.Model, data: dict[str, np.ndarray], settings: dict) -> floa
         batch_size=settings['batch_size'],
         shuffle=True,
         verbose=0,
+        callbacks=callbacks,
     )
     return time.perf_counter() - start
 
@@ -63,28 +74,80 @@ def accuracy(model: keras.Model, data: dict[str, np.ndarray]) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == data['y_test']))
 
 
+def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, dataset: str, meta: dict) -> dict:
+    """Calibrate ``model`` on the training set, measure it and dump it; returns the metadata written."""
+    hgq.calibrate(model, data['x_train'])
+    dense = [layer for layer in model.layers if isinstance(layer, HDense)]
+    kernels = [keras.ops.convert_to_numpy(layer.qkernel) for layer in dense]
+    input_bits = [layer.input_bits_exact() for layer in dense]
+    quantize = [layer for layer in model.layers if isinstance(layer, HQuantize)]
+    meta = {
+        'tool': 'hgq (ours)',
+        **meta,
+        'test_accuracy': accuracy(model, data),
+        'own_ebops': hgq.ebops(model),
+        'input_width': int(quantize[0].input_bits_exact().sum()) if quantize else None,
+        'versions': {'hgq': hgq.__version__, 'keras': keras.__version__},
+    }
+    save_dump(dump_path(dataset, stem), meta, kernels, input_bits)
+    return meta
+
+
 def run_hgq(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
     seed_everything(seed)
     n_classes = int(data['y_train'].max()) + 1
     model = build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
     train_s = fit(model, data, settings)
-    hgq.calibrate(model, data['x_train'])
-    dense = [layer for layer in model.layers if isinstance(layer, HDense)]
-    kernels = [keras.ops.convert_to_numpy(layer.qkernel) for layer in dense]
-    input_bits = [layer.input_bits_exact() for layer in dense]
-    meta = {
-        'tool': 'hgq (ours)',
-        'config': f'beta={beta:g}',
-        'beta': beta,
-        'test_accuracy': accuracy(model, data),
-        'train_seconds': train_s,
-        'own_ebops': hgq.ebops(model),
-        'seed': seed,
-        'versions': {'hgq': hgq.__version__, 'keras': keras.__version__},
-        **settings,
-    }
-    save_dump(dump_path(dataset, f'hgq_beta{beta:g}_seed{seed}'), meta, kernels, input_bits)
-    print(f'hgq beta={beta:g} seed={seed}: acc {meta["test_accuracy"]:.4f}, EBOPs {meta["own_ebops"]:.0f}')
+    meta = {'config': f'beta={beta:g}', 'beta': beta, 'train_seconds': train_s, 'seed': seed, **settings}
+    try:
+        meta = dump_model(model, data, f'hgq_beta{beta:g}_seed{seed}', dataset, meta)
+    except hgq.exactness.InexactError as err:
+        print(f'hgq beta={beta:g} seed={seed}: not dumped, calibration refused the model: {err}', flush=True)
+        return
+    print(f'hgq beta={beta:g} seed={seed}: acc {meta["test_accuracy"]:.4f}, EBOPs {meta["own_ebops"]:.0f}', flush=True)
+
+
+def run_ramp(dataset: str, ramp: tuple[float, float], seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
+    """Log ramp of beta with a Pareto front of checkpoints (training accuracy vs EBOPs); dump every checkpoint."""
+    seed_everything(seed)
+    start, end = ramp
+    n_classes = int(data['y_train'].max()) + 1
+    model = build(data['x_train'].shape[1], settings['hidden'], n_classes, start)
+    schedule = hgq.callbacks.BetaSchedule([(0, start), (settings['epochs'] - 1, end)], interpolation='log')
+    config = f'ramp {start:g}->{end:g}'
+    with tempfile.TemporaryDirectory() as directory:
+        front = hgq.callbacks.ParetoFront(directory, metrics=('accuracy', 'ebops'), sides=('max', 'min'))
+        train_s = fit(model, data, settings, callbacks=[schedule, front])
+        points = hgq.callbacks.read_front(directory)
+        for point in points:
+            checkpoint = keras.models.load_model(point.path)
+            meta = {
+                'config': config,
+                'ramp': [start, end],
+                'beta': schedule(point.epoch - 1),
+                'epoch': point.epoch,
+                'train_accuracy': point.values['accuracy'],
+                'train_seconds': train_s,
+                'seed': seed,
+                **settings,
+            }
+            stem = f'hgq_ramp{start:g}-{end:g}_seed{seed}_epoch{point.epoch:04d}'
+            try:
+                dump_model(checkpoint, data, stem, dataset, meta)
+            except hgq.exactness.InexactError as err:
+                print(f'hgq {config} seed={seed} epoch {point.epoch}: not dumped, calibration refused it: {err}')
+        print(f'hgq {config} seed={seed}: {len(points)} checkpoints on the front, {train_s:.0f} s', flush=True)
+
+
+def parse_ramp(text: str) -> tuple[float, float]:
+    """``'1e-6:1e-3'`` -> ``(1e-6, 1e-3)``."""
+    try:
+        start, end = (float(v) for v in text.split(':'))
+    except ValueError:
+        raise SystemExit(f'--ramps: expected START:END (e.g. 1e-6:1e-3), got {text!r}') from None
+    if not 0 < start < end:
+        raise SystemExit(f'--ramps: need 0 < START < END, got {text!r}')
+    return start, end
 
 
 def run_float(dataset: str, seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
@@ -104,18 +167,23 @@ def run_float(dataset: str, seed: int, data: dict[str, np.ndarray], settings: di
         **settings,
     }
     save_dump(dump_path(dataset, f'float_seed{seed}'), meta, kernels, [np.zeros(len(k)) for k in kernels])
-    print(f'float seed={seed}: acc {meta["test_accuracy"]:.4f}, {train_s:.1f} s')
+    print(f'float seed={seed}: acc {meta["test_accuracy"]:.4f}, {train_s:.1f} s', flush=True)
 
 
 def main() -> None:
     parser = sweep_parser(__doc__.splitlines()[0])
-    parser.add_argument('--betas', type=float, nargs='+', default=list(BETAS))
+    parser.add_argument('--betas', type=float, nargs='*', default=list(BETAS))
+    parser.add_argument('--ramps', type=parse_ramp, nargs='*', default=[], help='log beta ramps START:END')
+    parser.add_argument('--no-float', action='store_true', help='skip the float32 reference')
     args = parser.parse_args()
     settings, data = sweep_settings(args)
     for seed in args.seeds:
-        run_float(args.dataset, seed, data, settings)
+        if not args.no_float:
+            run_float(args.dataset, seed, data, settings)
         for beta in args.betas:
             run_hgq(args.dataset, beta, seed, data, settings)
+        for ramp in args.ramps:
+            run_ramp(args.dataset, ramp, seed, data, settings)
 
 
 if __name__ == '__main__':

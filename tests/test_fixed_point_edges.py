@@ -53,3 +53,12 @@ def test_float32_exact_of_zeros_huge_and_non_finite_bounds_warns_nothing():
         result = float32_exact(max_abs, f)
     assert result.tolist() == [True, True, False, False, False, False, False]
     assert float32_exact(1.0, 23).item() and float32_exact([[1.0], [2.0]], [0, 23]).shape == (2, 2)
+
+
+@pytest.mark.parametrize('f', [-20, 0, 30, 102])
+def test_float32_exact_at_its_bounds(f):
+    """Exactly 24 significant bits and the smallest normal step ``2**-126`` are still exact; one more is not."""
+    assert float32_exact(2.0**24 * 2.0**-f, f).item()
+    assert not float32_exact((2.0**24 + 1) * 2.0**-f, f).item()
+    assert float32_exact(2.0**-102, 126).item()  # 2**24 steps of 2**-126
+    assert not float32_exact(2.0**-103, 127).item()

@@ -216,3 +216,23 @@ def test_beta_target_ends_within_5_percent_of_the_target_on_digits():
     print(f'\nBetaTarget 5000: logged {logged:.0f}, calibrated {calibrated:.0f}')
     assert abs(logged / 5000.0 - 1) <= 0.05
     assert abs(calibrated / 5000.0 - 1) <= 0.05
+
+
+def test_pruned_elements_convert_bit_exactly(tmp_path):
+    """Elements pruned in training although some values would round to one step are exactly 0 in the firmware too."""
+    from csim import assert_csim_bit_exact
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, size=(256, 6)).astype('float32') * np.array([1, 1, 1, 0.7, 0.7, 0.7], 'float32')
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), HQuantize(), HDense(4, activation='relu'), HDense(3)])
+    model(x, training=True)  # training sees the ranges: peak 1 (first three inputs) and 0.7 (last three)
+    quantize = model.layers[0].input_quantizer
+    quantize.f.assign(np.array([3.0, 2.0, 1.0, 0.0, 0.0, 0.0], 'float32'))  # 0.7 * 2**0 < 1: pruned
+    widths = np.sum(quantize.kif(), axis=0)
+    assert widths[3:].tolist() == [0, 0, 0] and np.all(widths[:3] > 0)
+    assert np.any(np.floor(x[:, 3:] + 0.5) != 0), 'some pruned values would round to one step'
+    y = assert_csim_bit_exact(model, x, tmp_path)
+    x_cut = x.copy()
+    x_cut[:, 3:] = 0.0
+    assert np.array_equal(y[: len(x)], model.predict(x_cut, verbose=0))

@@ -220,6 +220,7 @@ def synth(
         'n_checked': n_checked,
         'seconds': round(time.perf_counter() - start, 2),
         'step_seconds': steps,
+        'yosys_cpu_seconds': counts.get('cpu_seconds'),
         'part_family': part_family,
         'synthesizer': f'{version} synth_xilinx -flatten -noiopad' if run_yosys else None,
         'top': f'{top}_wrapper',

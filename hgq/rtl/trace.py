@@ -28,6 +28,7 @@ from typing import Any
 import keras
 import numpy as np
 from da4ml.trace import FixedVariableArray, FixedVariableArrayInput, HWConfig, comb_trace
+from da4ml.trace.fixed_variable import FixedVariableInput
 from da4ml.types import CombLogic
 from keras import ops
 
@@ -122,6 +123,11 @@ def _requantize(layer: keras.layers.Layer, quantizer: ActivationQuantizer, x: Fi
     k, i, f = quantizer.kif()
     if isinstance(x, _ModelInput):
         x = x.prepare(k, i, f, quantizer)
+    elif quantizer.overflow_mode != 'WRAP' and any(isinstance(v, FixedVariableInput) for v in x._vars.ravel()):
+        raise TraceError(
+            f'layer {layer.name!r}: its saturating quantizer reads the model input through Flatten/Reshape; '
+            'the logic tracer needs it right after the input (add an HQuantize there)'
+        )
     return x.quantize(k, i, f, overflow_mode=quantizer.overflow_mode, round_mode=quantizer.round_mode)
 
 
@@ -132,12 +138,20 @@ class _ModelInput(FixedVariableArrayInput):
         super().__init__(shape, hwconf)
         self.overflow = np.full(shape, 'WRAP', dtype=object)
         self.ports = self._vars.copy()
+        self.modes: set[str] = set()
 
     def prepare(
         self, k: np.ndarray, i: np.ndarray, f: np.ndarray, quantizer: ActivationQuantizer
     ) -> FixedVariableArray:
         """WRAP quantizers read the ports directly; SAT ones through a wider WRAP format fed with saturation."""
-        if quantizer.overflow_mode == 'WRAP':
+        port_mode = 'WRAP' if quantizer.overflow_mode == 'WRAP' else 'SAT'
+        self.modes.add(port_mode)
+        if len(self.modes) > 1:
+            raise TraceError(
+                f'quantizer {quantizer.name!r}: the model input is read by both wrapping and saturating quantizers; '
+                'the logic tracer needs one overflow mode for the input ports'
+            )
+        if port_mode == 'WRAP':
             return self
         extra_f = 1 if quantizer.round_mode == 'RND' else 0
         wide = self.quantize(np.ones_like(k), np.max(i) + 1, f + extra_f, overflow_mode='WRAP', round_mode='TRN')
@@ -228,12 +242,16 @@ def _batchnorm(layer: HBatchNormalization, x: FixedVariableArray) -> FixedVariab
     return xq * np.broadcast_to(scale, xq.shape) + np.broadcast_to(offset, xq.shape)
 
 
-def _activation(layer: HActivation, x: FixedVariableArray) -> FixedVariableArray:
+def _check_activation(layer: HActivation) -> None:
     if layer.is_lut:
         raise TraceError(
             f'layer {layer.name!r} (HActivation({layer.activation!r})): lookup tables are not traced to logic; '
             "only HActivation('relu') is"
         )
+
+
+def _activation(layer: HActivation, x: FixedVariableArray) -> FixedVariableArray:
+    _check_activation(layer)
     return np.maximum(_requantize(layer, layer.input_quantizer, x), 0)
 
 
@@ -332,8 +350,8 @@ def check_traceable(model: keras.Model) -> None:
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
-        if isinstance(layer, HActivation) and layer.is_lut:
-            _activation(layer, None)  # raises with the layer name
+        if isinstance(layer, HActivation):
+            _check_activation(layer)
         for q in getattr(layer, 'activation_quantizers', []):
             _check_round_mode(layer, q)
         known = (HQuantize, HKernelLayer, HBatchNormalization, HActivation, HPooling, HGlobalAveragePooling)
@@ -402,7 +420,7 @@ def trace_model(
         if not sequential:
             values[id(layer.output)] = out
     output = previous if sequential else values[id(model.outputs[0])]
-    if any(type(v).__name__ == 'FixedVariableInput' for v in np.ravel(output._vars)):
+    if any(isinstance(v, FixedVariableInput) for v in np.ravel(output._vars)):
         raise TraceError(f'model {model.name!r}: an output is an unquantized model input; add an HQuantize layer')
     comb = comb_trace(model_input.ports.ravel(), output._vars.ravel(), keep_dead_inputs=True)
     kif = np.array([_port_kif(q) for q in comb.inp_qint], dtype=np.int64).T.reshape(3, -1)

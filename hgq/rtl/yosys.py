@@ -34,6 +34,7 @@ def yosys_version() -> str:
 
 _CELL = re.compile(r'^\s+(\$?[A-Za-z_][\w$]*)\s+(\d+)\s*$')
 _LTP = re.compile(r'Longest topological path in \S+ \(length=(\d+)\)')
+_CPU = re.compile(r'CPU: user ([\d.]+)s system ([\d.]+)s')
 
 
 def parse_stat(text: str) -> dict[str, int]:
@@ -98,7 +99,8 @@ def synthesize(
     Returns
     -------
     dict
-        ``lut``, ``ff``, ``carry``, ``dsp``, ``muxf``, ``bram``, ``cells`` and ``depth`` (``None`` without it).
+        ``lut``, ``ff``, ``carry``, ``dsp``, ``muxf``, ``bram``, ``inv``, ``cells``, ``depth`` (``None``
+        without it) and ``cpu_seconds`` (yosys's own CPU time, without its ABC subprocesses).
     """
     yosys = require_tool('yosys')
     work_dir = Path(work_dir)
@@ -121,4 +123,6 @@ def synthesize(
     counts = parse_stat(text)
     m = _LTP.search(text)
     counts['depth'] = int(m.group(1)) if m else None
+    m = _CPU.search(text)
+    counts['cpu_seconds'] = round(float(m.group(1)) + float(m.group(2)), 2) if m else None
     return counts

@@ -535,7 +535,7 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         The most significant bit position is taken from the quantized value without gradient; the gradient
         flows to ``f``.
         """
-        q = self(w)
+        q = self(w, training=False)  # the forward pass of the step already marked the bitwidths (ScaledStep)
         nonzero = ops.not_equal(q, 0.0)
         msb = ops.stop_gradient(ops.floor(ops.log2(ops.where(nonzero, ops.abs(q), 1.0))))
         bits = ops.where(nonzero, ops.relu(msb + 1.0 + self.f_int), 0.0)

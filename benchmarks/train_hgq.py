@@ -10,8 +10,8 @@ as users do:
 - constant ``beta`` (``--betas``): the final model is dumped;
 - a log ramp of ``beta`` (``--ramps START:END``, :class:`hgq.callbacks.BetaSchedule` from START at the first epoch
   to END at the last) with :class:`hgq.callbacks.ParetoFront` keeping the checkpoints that no other beats in both
-  training accuracy and EBOPs; every checkpoint of the front is dumped. Checkpoints are chosen on training
-  accuracy, never on the test set.
+  accuracy on the training set (evaluated in inference mode after each epoch) and EBOPs; every checkpoint of the
+  front is dumped. Checkpoints are chosen on training data, never on the test set.
 
 After training, ``hgq.calibrate`` sets the exact integer bits from the training set; the dump holds the quantized
 kernels and the width ``k + i + f`` of every input element of each ``HDense`` (its input quantizer after
@@ -49,8 +49,14 @@ def build_float(n_in: int, hidden: int, n_out: int) -> keras.Model:
     )
 
 
-def fit(model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbacks: list | None = None) -> float:
-    """Compile and train; returns the wall time in seconds."""
+def fit(
+    model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbacks: list | None = None, validate=False
+) -> float:
+    """Compile and train; returns the wall time in seconds.
+
+    ``validate``: evaluate the training set in inference mode after each epoch (``val_accuracy``), the metric
+    the Pareto front is chosen on (the running training accuracy of an epoch is not that of its final model).
+    """
     model.compile(
         keras.optimizers.Adam(settings['learning_rate']),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -65,6 +71,7 @@ def fit(model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbac
         shuffle=True,
         verbose=0,
         callbacks=callbacks,
+        validation_data=(data['x_train'], data['y_train']) if validate else None,
     )
     return time.perf_counter() - start
 
@@ -116,8 +123,8 @@ def run_ramp(dataset: str, ramp: tuple[float, float], seed: int, data: dict[str,
     schedule = hgq.callbacks.BetaSchedule([(0, start), (settings['epochs'] - 1, end)], interpolation='log')
     config = f'ramp {start:g}->{end:g}'
     with tempfile.TemporaryDirectory() as directory:
-        front = hgq.callbacks.ParetoFront(directory, metrics=('accuracy', 'ebops'), sides=('max', 'min'))
-        train_s = fit(model, data, settings, callbacks=[schedule, front])
+        front = hgq.callbacks.ParetoFront(directory, metrics=('val_accuracy', 'ebops'), sides=('max', 'min'))
+        train_s = fit(model, data, settings, callbacks=[schedule, front], validate=True)
         points = hgq.callbacks.read_front(directory)
         for point in points:
             checkpoint = keras.models.load_model(point.path)
@@ -126,7 +133,7 @@ def run_ramp(dataset: str, ramp: tuple[float, float], seed: int, data: dict[str,
                 'ramp': [start, end],
                 'beta': schedule(point.epoch - 1),
                 'epoch': point.epoch,
-                'train_accuracy': point.values['accuracy'],
+                'train_accuracy': point.values['val_accuracy'],
                 'train_seconds': train_s,
                 'seed': seed,
                 **settings,

@@ -141,6 +141,11 @@ def summarize(runs: list[dict]) -> list[dict]:
                 'ebops_max': float(ebops.max()),
                 'allocate_seconds_mean': float(secs.mean()),
                 'allocate_seconds_max': float(secs.max()),
+                'allocate_cpu_seconds_mean': (
+                    float(np.mean([r['allocate_cpu_seconds'] for r in rows]))
+                    if all('allocate_cpu_seconds' in r for r in rows)
+                    else None
+                ),
                 'within_budget': bool(budget is None or ebops.max() <= budget),
             }
         )
@@ -151,18 +156,20 @@ def write_markdown(path: Path, dataset: str, settings: list[dict], runs: list[di
     lines = [
         f'# Bit allocation without training: {dataset}',
         '',
-        f'Machine: {platform.machine()} Linux, 2 shared CPU cores. Float32 reference accuracy: '
+        f'Machine: {platform.machine()} Linux, 2 CPU cores shared with other jobs (wall times inflated; CPU s: '
+        'process CPU time). Float32 reference accuracy: '
         f'{np.mean(float_acc):.4f} ± {np.std(float_acc):.4f} ({len(float_acc)} seeds).',
         '',
-        '| method | budget | seeds | accuracy | EBOPs (common) | max EBOPs | allocation s (mean / max) |',
-        '|---|---|---|---|---|---|---|',
+        '| method | budget | seeds | accuracy | EBOPs (common) | max EBOPs | allocation s (mean / max) | CPU s |',
+        '|---|---|---|---|---|---|---|---|',
     ]
     for s in settings:
         budget = '-' if s['budget'] is None else f'{s["budget"]:.0f}'
+        cpu = '-' if s.get('allocate_cpu_seconds_mean') is None else f'{s["allocate_cpu_seconds_mean"]:.1f}'
         lines.append(
             f'| {s["series"]} | {budget} | {len(s["seeds"])} | {s["accuracy_mean"]:.4f} ± {s["accuracy_std"]:.4f} | '
             f'{s["ebops_mean"]:.0f} | {s["ebops_max"]:.0f} | {s["allocate_seconds_mean"]:.1f} / '
-            f'{s["allocate_seconds_max"]:.1f} |'
+            f'{s["allocate_seconds_max"]:.1f} | {cpu} |'
         )
     infeasible: dict[str, list[dict]] = {}
     for r in runs:
@@ -172,11 +179,9 @@ def write_markdown(path: Path, dataset: str, settings: list[dict], runs: list[di
         lines += ['', 'Budgets refused as infeasible (`InfeasibleBudgetError` names the minimum feasible EBOPs):']
         for series, rows in infeasible.items():
             budgets = sorted({f'{r["budget"]:.0f}' for r in rows}, key=float)
-            minima = [r['minimum'] for r in rows]
-            lines.append(
-                f'- {series}: budgets {", ".join(budgets)} ({len(rows)} runs); minimum {min(minima):.0f} to '
-                f'{max(minima):.0f} EBOPs depending on the seed'
-            )
+            low, high = min(r['minimum'] for r in rows), max(r['minimum'] for r in rows)
+            minimum = f'{low:.0f}' if low == high else f'{low:.0f} to {high:.0f} (by seed)'
+            lines.append(f'- {series}: budgets {", ".join(budgets)}; minimum {minimum} EBOPs')
     checked = [r for r in runs if 'csim_samples' in r]
     if checked:
         lines += [
@@ -243,6 +248,8 @@ def main() -> None:
     stem = RESULTS_DIR / (args.name or f'allocate_{args.dataset}')
     if args.render:
         record = json.loads(stem.with_suffix('.json').read_text())
+        record['summary'] = summarize(record['runs'])
+        stem.with_suffix('.json').write_text(json.dumps(record, indent=1, default=float))
         write_markdown(
             stem.with_suffix('.md'), args.dataset, record['summary'], record['runs'], record['float_accuracy']
         )

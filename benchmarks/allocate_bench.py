@@ -196,14 +196,14 @@ def write_markdown(path: Path, dataset: str, settings: list[dict], runs: list[di
     path.write_text('\n'.join(lines) + '\n')
 
 
-def plot(path: Path, dataset: str, settings: list[dict]) -> None:
+def plot(path: Path, dataset: str, settings: list[dict], peers: Path | None = None) -> None:
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    peers = RESULTS_DIR / f'{dataset}.json'
+    peers = peers or RESULTS_DIR / f'{dataset}.json'
     if peers.is_file():
         for series, marker in (('hgq (ours)', 'o'), ('HGQ2 0.2.0', 's'), ('QKeras 0.9.0', '^')):
             points = [s for s in json.loads(peers.read_text())['settings'] if s['tool'] == series]
@@ -244,6 +244,9 @@ def main() -> None:
     parser.add_argument('--csim', action='store_true', help='C-simulation check of one model per series')
     parser.add_argument('--name', help='results file stem (default allocate_<dataset>)')
     parser.add_argument('--render', action='store_true', help='only rewrite the .md and .png from the .json')
+    parser.add_argument(
+        '--peers', type=Path, help='results of compare.py to plot with (default results/<dataset>.json)'
+    )
     args = parser.parse_args()
     stem = RESULTS_DIR / (args.name or f'allocate_{args.dataset}')
     if args.render:
@@ -253,7 +256,7 @@ def main() -> None:
         write_markdown(
             stem.with_suffix('.md'), args.dataset, record['summary'], record['runs'], record['float_accuracy']
         )
-        plot(stem.with_suffix('.png'), args.dataset, record['summary'])
+        plot(stem.with_suffix('.png'), args.dataset, record['summary'], args.peers)
         return
     settings, data = sweep_settings(args)
     budgets = args.budgets or BUDGETS[args.dataset]
@@ -286,7 +289,7 @@ def main() -> None:
     }
     stem.with_suffix('.json').write_text(json.dumps(record, indent=1, default=float))
     write_markdown(stem.with_suffix('.md'), args.dataset, summary, runs, float_acc)
-    plot(stem.with_suffix('.png'), args.dataset, summary)
+    plot(stem.with_suffix('.png'), args.dataset, summary, args.peers)
     print(f'wrote {stem}.json, .md, .png')
 
 

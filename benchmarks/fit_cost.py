@@ -70,8 +70,9 @@ def main() -> None:
     order = sorted(range(len(rows)), key=lambda i: (rows[i]['family'], rows[i]['lut']))
     for i in order:
         r = rows[i]
+        beta = '-' if r['beta'] is None else format(r['beta'], 'g')
         lines.append(
-            f'| {r["family"]} | {r["beta"]:g} | {r["seed"]} | {r["test_accuracy"]:.4f} | {r["ebops"]:,.0f} | '
+            f'| {r["family"]} | {beta} | {r["seed"]} | {r["test_accuracy"]:.4f} | {r["ebops"]:,.0f} | '
             f'{r["lut"]:,} | {ours[i]:,.0f} ({err(ours)[i]:+.1%}) | {err(loo)[i]:+.1%} | '
             f'{ebops_only[i]:,.0f} ({err(ebops_only)[i]:+.1%}) | {da4ml[i]:,.0f} ({err(da4ml)[i]:+.1%}) |'
         )

@@ -213,7 +213,7 @@ def markdown(dataset: str, rows, floats, cheapest, check, runs=()) -> str:
     lines += [
         '',
         "x: cost over the best peer's at that accuracy. Ramps: per seed the cheapest Pareto-front checkpoint "
-        '(chosen during training on training accuracy and EBOPs) whose test accuracy reaches the threshold, '
+        '(chosen during training on training-set accuracy and EBOPs) whose test accuracy reaches the threshold, '
         'averaged over seeds; constant settings: the mean test accuracy over seeds must reach it.',
     ]
     reused = sorted({r['tool'] for r in runs if r.get('reused')})

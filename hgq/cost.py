@@ -48,7 +48,7 @@ COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits')
 
 #: LUTs per unit of each term: fitted by ``benchmarks/fit_cost.py`` against yosys ``synth_xilinx -family xcup``
 #: (see benchmarks/README.md for the models and the errors).
-LUT_COEFFICIENTS: dict[str, float] = {'ebops': 0.4403, 'adder_bits': 0.3529, 'weight_bits': 0.7556, 'act_bits': 0.0}
+LUT_COEFFICIENTS: dict[str, float] = {'ebops': 0.3521, 'adder_bits': 0.2817, 'weight_bits': 1.0899, 'act_bits': 0.0}
 
 
 def _input_quantizers(model: keras.Model) -> set[int]:

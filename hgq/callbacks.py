@@ -18,6 +18,7 @@ from typing import Any
 import keras
 
 from hgq.ebops import ebops, h_layers
+from hgq.fileio import write_atomic, write_text_atomic
 
 __all__ = [
     'EBOPsLogger',
@@ -348,9 +349,7 @@ def non_dominated(points: Sequence[ParetoPoint], sides: dict[str, str]) -> list[
 
 
 def _write_json_atomic(path: Path, content: Any) -> None:
-    partial = path.with_name(f'.{path.name}.partial')
-    partial.write_text(json.dumps(content, indent=1))
-    os.replace(partial, path)
+    write_text_atomic(path, json.dumps(content, indent=1))
 
 
 def read_front(directory: str | os.PathLike) -> list[ParetoPoint]:
@@ -469,9 +468,7 @@ class ParetoFront(keras.callbacks.Callback):
             return
         number = epoch + 1  # as Keras's progress output counts
         point = ParetoPoint(self.directory / self._file_name(number, values), number, values)
-        partial = point.path.with_name(f'.partial-{point.path.name}')
-        self.model.save(partial)
-        os.replace(partial, point.path)
+        write_atomic(point.path, self.model.save)
         dominated = [p for p in self.points if _weakly_dominates(values, p.values, self.sides)]
         self.points = [p for p in self.points if p not in dominated] + [point]
         self._write_index()

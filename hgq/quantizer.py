@@ -527,7 +527,10 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         self._mark_steps(training)
         f = self.f_int
         scale = 2.0**f
-        return _round_codes_ste(self.round_mode)(w * scale) / scale
+        q = _round_codes_ste(self.round_mode)(w * scale) / scale
+        if training and self.bits_l1 > 0:
+            self._add_bits_l1(self.bits(w))
+        return q
 
     def bits(self, w: Any) -> Any:
         """Differentiable effective bits of each weight: ``msb + 1 + f`` for nonzero quantized weights, else 0.
@@ -538,9 +541,7 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         q = self(w, training=False)  # the forward pass of the step already marked the bitwidths (ScaledStep)
         nonzero = ops.not_equal(q, 0.0)
         msb = ops.stop_gradient(ops.floor(ops.log2(ops.where(nonzero, ops.abs(q), 1.0))))
-        bits = ops.where(nonzero, ops.relu(msb + 1.0 + self.f_int), 0.0)
-        self._add_bits_l1(bits)
-        return bits
+        return ops.where(nonzero, ops.relu(msb + 1.0 + self.f_int), 0.0)
 
     def exact_bits(self, w: Any) -> np.ndarray:
         """Effective bits from the quantized values: MSB-to-LSB span of each ``|q|`` (0 where ``q == 0``)."""

@@ -183,3 +183,16 @@ def test_regression_toy_learns_bits_where_error_hurts_and_prunes_under_l1():
     f_after = layer.input_quantizer.f.numpy()
     assert f_after[0] > f_before[0] + 2, f'bits of the informative input should grow: {f_before} -> {f_after}'
     assert f_after[1] < f_before[1] - 1, f'bits of the useless input should shrink: {f_before} -> {f_after}'
+
+
+def test_weight_bits_l1_is_a_training_loss_and_bits_is_a_pure_query():
+    """The L1 push on weight bits is added by the training forward pass; asking for ``bits()`` adds nothing."""
+    quantizer = WeightQuantizer(f_init=4.0, bits_l1=1e-2)
+    w = keras.ops.convert_to_tensor(np.array([[0.75, -0.5], [0.0, 0.3125]], dtype='float32'))
+    quantizer(w, training=False)
+    bits = quantizer.bits(w)
+    assert quantizer.losses == []
+    quantizer(w, training=True)
+    assert len(quantizer.losses) == 1
+    assert float(keras.ops.sum(bits)) == 11.0  # 0.75 -> 4 bits (f = 4 counts to 2**-4), -0.5 -> 4, 0 -> 0, 0.3125 -> 3
+    assert float(quantizer.losses[0]) == float(np.float32(1e-2) * np.float32(11.0))

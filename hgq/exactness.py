@@ -182,5 +182,8 @@ def check_float32_exact(model: keras.Model) -> None:
     if problems:
         raise InexactError(
             f'model {model.name!r} cannot be bit-exact: Keras computes in float32, which holds '
-            f'{FLOAT32_SIGNIFICAND_BITS} significant bits exactly; ' + '; '.join(problems)
+            f'{FLOAT32_SIGNIFICAND_BITS} significant bits exactly; '
+            + '; '.join(problems)
+            + '. Narrow these formats: train with beta > 0 (EBOPs pressure removes unneeded bits) or start from fewer'
+            ' fractional bits (f_init of the quantizers named)'
         )

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ['partial_path', 'write_atomic', 'write_text_atomic']
+__all__ = ['make_writable_dir', 'partial_path', 'write_atomic', 'write_text_atomic']
 
 
 def partial_path(path: Path) -> Path:
@@ -44,3 +44,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> No
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     write_atomic(path, lambda partial: partial.write_text(text))
+
+
+def make_writable_dir(path: str | os.PathLike) -> None:
+    """Create the directory ``path`` (with parents) and prove it can be written; an ``OSError`` says why not.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / 'runs' / 'a'
+    >>> make_writable_dir(target)
+    >>> sorted(target.iterdir())
+    []
+    """
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / '.hgq-write-test'
+    probe.write_text('')
+    probe.unlink()

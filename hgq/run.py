@@ -39,7 +39,7 @@ from hgq.callbacks import ParetoFront, ParetoPoint, read_front
 from hgq.config import OPTIMIZERS, ConfigError, ExportConfig, RunConfig, build_model, load_config, parse_config
 from hgq.conversion import check_bit_exact
 from hgq.datasets import Dataset, load
-from hgq.fileio import write_text_atomic
+from hgq.fileio import make_writable_dir, write_text_atomic
 from hgq.summary import layer_rows
 
 __all__ = ['run', 'train', 'select_points', 'process_point', 'check_model', 'write_report', 'RUNNING', 'FAILED']
@@ -296,10 +296,7 @@ def _run_dir(config: RunConfig, out_dir: str | os.PathLike | None, overwrite: bo
             raise FileExistsError(f'--overwrite: a run (pid {pid}) is still writing to {run_dir}')
         shutil.rmtree(run_dir)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / '.write-test'
-        probe.write_text('')
-        probe.unlink()
+        make_writable_dir(run_dir)
     except OSError as err:
         raise OSError(f'cannot write the run directory {run_dir}: {err.strerror or err}') from None
     return run_dir

@@ -30,7 +30,7 @@ from hgq.conversion import META_FILE, ConversionError, ConversionSettings, read_
 from hgq.convert.registry import register
 from hgq.ebops import layer_ebops
 from hgq.exactness import float32_problems
-from hgq.fileio import write_text_atomic
+from hgq.fileio import make_writable_dir, write_text_atomic
 from hgq.layers.base import HLayer
 from hgq.layers.pooling import HPooling
 
@@ -166,10 +166,7 @@ def check_output_dir(output_dir: str | Path, project_name: str, overwrite: bool 
             )
         shutil.rmtree(output_dir)
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / '.hgq-write-test'
-        probe.write_text('')
-        probe.unlink()
+        make_writable_dir(output_dir)
     except OSError as err:
         raise ConversionError(f'output directory {output_dir} is not writable: {err.strerror or err}') from None
     return output_dir

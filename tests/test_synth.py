@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import hgq
+import hgq.rtl as rtl
 from hgq.layers import (
     HActivation,
     HAdd,
@@ -43,7 +44,6 @@ pytestmark = pytest.mark.skipif(
     reason='needs yosys and iverilog (apt-get install yosys iverilog)',
 )
 
-rtl = pytest.importorskip('hgq.rtl')
 N_CHECK = 2000
 
 

@@ -24,6 +24,7 @@ __all__ = [
     'EBOPsLogger',
     'BetaSchedule',
     'BetaTarget',
+    'SettleBits',
     'ParetoFront',
     'ParetoPoint',
     'read_front',
@@ -303,6 +304,54 @@ class BetaTarget(keras.callbacks.Callback):
             self.beta = beta_update(self.beta, current, self._previous, self.target, **self.settings)
             set_beta(self.model, self.beta)
         self._previous = current
+
+
+class SettleBits(keras.callbacks.Callback):
+    """Freeze every bitwidth for the last ``epochs`` epochs of training, so that the weights adapt to them.
+
+    Under a large ``beta`` the bitwidths never come to rest: ``beta`` pushes every one down and the loss pushes
+    back, so at any step some have just lost a bit that the weights have not yet adapted to, and the last step's
+    model is less accurate than its EBOPs allow. Holding the bitwidths (the ``f`` variables of every quantizer,
+    see :meth:`hgq.quantizer.ActivationQuantizer.set_bits_pace`) for the final epochs lets the weights catch up;
+    EBOPs then change only where weights round to zero or cross a power of two, and where tracked ranges move.
+    The configured pace is restored when training ends.
+
+    Parameters
+    ----------
+    epochs : int
+        Number of final epochs (of the ``epochs`` given to ``fit``) with frozen bitwidths; 0 freezes nothing.
+
+    Logs ``ebops``.
+
+    Examples
+    --------
+    >>> import hgq
+    >>> settle = hgq.callbacks.SettleBits(10)
+    >>> # model.fit(x, y, epochs=60, callbacks=[settle])  # bitwidths learn in epochs 0-49, weights only in 50-59
+    """
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__()
+        if not (isinstance(epochs, int) and epochs >= 0):
+            raise ValueError(f'SettleBits: epochs must be an int >= 0, got {epochs!r}')
+        self.epochs = epochs
+
+    def _set_pace(self, factor: float) -> None:
+        for layer in h_layers(self.model):
+            for quantizer in layer.quantizers:
+                quantizer.set_bits_pace(factor)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        total = (self.params or {}).get('epochs')
+        if total is None:
+            raise ValueError('SettleBits: the number of epochs of this fit is unknown (it needs model.fit(epochs=...))')
+        self._set_pace(0.0 if epoch >= total - self.epochs else 1.0)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        log_ebops(self.model, logs)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._set_pace(1.0)
 
 
 @dataclass(frozen=True)

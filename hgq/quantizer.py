@@ -117,7 +117,8 @@ class ScaledStep(keras.constraints.Constraint):
     """
 
     def __init__(self, variable: Any, scale: float) -> None:
-        self.scale = float(scale)
+        # A variable, so that the pace can change during training (set_scale) without retracing the train step.
+        self.scale = keras.Variable(float(scale), trainable=False, dtype=variable.dtype, name=f'{variable.name}_pace')
         # Not a layer weight: the value is only meaningful within one training step, so it is neither saved nor
         # listed among the layer's weights. Zeros at first (mark() sets it before it is used): an initializer, not
         # a value, so that the variable can also be created while Keras traces a model to build it.
@@ -130,11 +131,17 @@ class ScaledStep(keras.constraints.Constraint):
         """Remember the current value as the start of the next optimizer step."""
         self.origin.assign(self.variable)
 
+    def set_scale(self, scale: float) -> None:
+        """Scale the next optimizer steps by ``scale`` instead (0 holds the variable where it is)."""
+        if not (scale >= 0 and np.isfinite(scale)):
+            raise ValueError(f'{self.variable.name}: the step scale must be a finite number >= 0, got {scale}')
+        self.scale.assign(float(scale))
+
     def __call__(self, w: Any) -> Any:
         return self.origin + self.scale * (w - self.origin)
 
     def get_config(self) -> dict[str, Any]:
-        return {'scale': self.scale}
+        return {'scale': float(ops.convert_to_numpy(self.scale))}
 
 
 class _FixedPointQuantizerBase(keras.layers.Layer):
@@ -172,11 +179,29 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         """A bitwidth variable (initial value or initializer) whose optimizer steps are scaled by ``bits_lr_scale``."""
         initializer = value if callable(value) else keras.initializers.Constant(value)
         variable = self.add_weight(name=name, shape=shape, initializer=initializer, trainable=trainable)
-        if trainable and self.bits_lr_scale != 1.0:
+        if trainable:
             step = ScaledStep(variable, self.bits_lr_scale)
             variable.constraint = step
             self._scaled_steps.append(step)
         return variable
+
+    def set_bits_pace(self, factor: float) -> None:
+        """Move the bitwidths at ``factor`` times ``bits_lr_scale`` from the next optimizer step on.
+
+        ``factor=0`` freezes every bitwidth of this quantizer (the weights keep learning), ``1`` restores the
+        configured pace; used by :class:`hgq.callbacks.SettleBits`. ``bits_lr_scale`` and the saved config keep
+        the configured value.
+
+        Examples
+        --------
+        >>> q = ActivationQuantizer()
+        >>> q.build((None, 4))
+        >>> q.set_bits_pace(0.0)
+        """
+        if not (factor >= 0 and np.isfinite(factor)):
+            raise ValueError(f'{self.name}: the bit pace factor must be a finite number >= 0, got {factor}')
+        for step in self._scaled_steps:
+            step.set_scale(self.bits_lr_scale * factor)
 
     def _mark_steps(self, training: bool | None) -> None:
         """Start of a training step: remember the bitwidths for :class:`ScaledStep`."""

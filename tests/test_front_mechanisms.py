@@ -5,12 +5,15 @@ Each test pins one of them: a bit learning rate of its own (``bits_lr_scale``), 
 batch so that logged EBOPs are close to calibrated ones from the first epoch.
 """
 
+from itertools import pairwise
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import hgq
+from hgq.ebops import h_layers
 from hgq.layers import HDense, HQuantize
 from hgq.quantizer import BITS_LR_SCALE, ActivationQuantizer, ScaledStep, WeightQuantizer
 
@@ -216,6 +219,53 @@ def test_beta_target_ends_within_5_percent_of_the_target_on_digits():
     print(f'\nBetaTarget 5000: logged {logged:.0f}, calibrated {calibrated:.0f}')
     assert abs(logged / 5000.0 - 1) <= 0.05
     assert abs(calibrated / 5000.0 - 1) <= 0.05
+
+
+# -- settling the bitwidths ------------------------------------------------------------------------------------------
+
+
+class _Snapshots(keras.callbacks.Callback):
+    """Every quantizer's ``f`` and every kernel at the start of each epoch and at the end of training."""
+
+    def __init__(self):
+        super().__init__()
+        self.f, self.kernels = [], []
+
+    def _take(self):
+        layers = list(h_layers(self.model))
+        self.f.append([q.f.numpy().copy() for layer in layers for q in layer.quantizers])
+        self.kernels.append([layer.kernel.numpy().copy() for layer in layers if hasattr(layer, 'kernel')])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._take()
+
+    def on_train_end(self, logs=None):
+        self._take()
+
+
+def test_settle_bits_freezes_every_bitwidth_for_the_last_epochs_and_restores_the_pace(digits):
+    x, y = digits
+    model = _mlp(3e-4)
+    snapshots = _Snapshots()
+    model.fit(x, y, epochs=5, batch_size=64, verbose=0, callbacks=[hgq.callbacks.SettleBits(2), snapshots])
+    moved = [not all(np.array_equal(a, b) for a, b in zip(f0, f1, strict=True)) for f0, f1 in pairwise(snapshots.f)]
+    assert moved == [True, True, True, False, False]  # epochs 0-2 learn bits, epochs 3-4 hold them
+    assert not any(np.array_equal(a, b) for a, b in zip(*snapshots.kernels[-2:], strict=True))  # weights learn
+    before = [q.f.numpy().copy() for layer in h_layers(model) for q in layer.quantizers]
+    model.fit(x, y, epochs=1, batch_size=64, verbose=0)
+    after = [q.f.numpy() for layer in h_layers(model) for q in layer.quantizers]
+    assert all(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))  # pace restored
+
+
+def test_settle_bits_and_pace_refuse_bad_values():
+    with pytest.raises(ValueError, match='SettleBits: epochs'):
+        hgq.callbacks.SettleBits(-1)
+    q = ActivationQuantizer()
+    q.build((None, 3))
+    with pytest.raises(ValueError, match='pace factor'):
+        q.set_bits_pace(-1.0)
+    q.set_bits_pace(0.5)
+    assert q.f.constraint.get_config() == {'scale': BITS_LR_SCALE * 0.5} and q.bits_lr_scale == BITS_LR_SCALE
 
 
 def test_pruned_elements_convert_bit_exactly(tmp_path):

@@ -105,6 +105,13 @@ def test_synth_writes_rtl_checks_it_and_counts_luts(mlp_result) -> None:
     assert 0.5 < result['lut'] / result['estimate_lut'] < 2
 
 
+def test_published_output_has_no_partial_files_and_a_relocatable_yosys_script(mlp_result) -> None:
+    out = mlp_result[2]
+    assert sorted(p.name for p in out.iterdir()) == ['rtl', 'synth.json']
+    script = (out / 'rtl' / 'yosys' / 'synth.ys').read_text()
+    assert '.partial' not in script and str(out) not in script  # sources relative to the script
+
+
 def test_probe_inputs_overflow_the_calibrated_range(mlp_result) -> None:
     model = mlp_result[0]
     x = rtl.probe_inputs(model, 1000)
@@ -177,6 +184,32 @@ def test_uncalibrated_model_is_refused(tmp_path: Path) -> None:
     model = _mlp()
     with pytest.raises(rtl.TraceError, match='not calibrated'):
         hgq.synth(model, tmp_path, verbose=False)
+
+
+def _tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
+def test_yosys_failing_after_the_check_leaves_the_output_as_it_was(mlp_result, tmp_path: Path) -> None:
+    model, _, done = mlp_result
+    previous = tmp_path / 'previous'
+    shutil.copytree(done, previous)
+    before = _tree(previous)
+    for out in (previous, tmp_path / 'new' / 'deeper'):
+        # real yosys refuses the family only after tracing, Verilog and simulation have written their files
+        with pytest.raises(rtl.SynthesisError, match="Invalid Xilinx -family setting: 'no_such_family'"):
+            hgq.synth(model, out, check=200, part_family='no_such_family', verbose=False)
+    assert _tree(previous) == before and not list(previous.glob('.*'))
+    assert not (tmp_path / 'new').exists()
+
+
+def test_layer_refused_while_tracing_writes_nothing(tmp_path: Path) -> None:
+    inp = keras.Input((2, 3))
+    flat = keras.layers.Flatten()(inp)  # a saturating quantizer behind Flatten: refused during the trace itself
+    model = keras.Model(inp, HDense(2)(HQuantize(input_quantizer={'overflow_mode': 'SAT'}, name='late_sat')(flat)))
+    with pytest.raises(rtl.TraceError, match="'late_sat'.*add an HQuantize"):
+        hgq.synth(model, tmp_path / 'out', check=False, allow_uncalibrated=True, verbose=False)
+    assert not (tmp_path / 'out').exists()
 
 
 def test_count_mismatches_counts_samples_with_any_differing_value() -> None:
@@ -255,3 +288,44 @@ def test_run_with_export_synth_adds_lut_columns_and_plot(tmp_path: Path) -> None
     report = (tmp_path / 'run' / 'report.md').read_text()
     assert 'LUT (yosys)' in report and f'{entry["lut"]:,}' in report
     assert (tmp_path / 'run' / 'pareto-lut.png').stat().st_size > 1000
+
+
+def _float32_inexact_model() -> keras.Model:
+    """Saturating quantizers (no calibration) with formats too wide for float32: 21-bit inputs x 13-bit weights."""
+    keras.utils.set_random_seed(4)
+    sat = {'overflow_mode': 'SAT', 'round_mode': 'TRN'}
+    model = keras.Sequential([keras.Input((8,)), HQuantize(input_quantizer=sat), HDense(4, input_quantizer=sat)])
+    for layer in model.layers:
+        for q in layer.quantizers:
+            q.f.assign(np.full(q.f.shape, 14.0 if isinstance(q, ActivationQuantizer) else 12.0, 'float32'))
+            if isinstance(q, ActivationQuantizer):
+                q.i.assign(np.full(q.i.shape, 6.0, 'float32'))
+    return model
+
+
+def test_cli_exit_1_when_keras_differs_from_the_verilog(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A model Keras computes inexactly (float32): the Verilog is right, Keras is not; ``hgq synth`` must say so."""
+    from hgq.exactness import float32_problems
+    from hgq_cli import main
+
+    model = _float32_inexact_model()
+    assert float32_problems(model)  # the model is outside float32 exactness by its formats
+    model.save(tmp_path / 'wide.keras')
+    x = rtl.probe_inputs(model, 300, seed=3)
+    np.save(tmp_path / 'x.npy', x)
+    args = [str(tmp_path / 'wide.keras'), '-o', str(tmp_path / 'out'), '--check', str(tmp_path / 'x.npy')]
+    status = main(['synth', *args, '--no-yosys'])
+    printed = capsys.readouterr().out
+    result = json.loads((tmp_path / 'out' / 'synth.json').read_text())
+    assert status == 1 and result['n_checked'] == 300 and result['mismatches'] > 100
+    assert 'inexactly in float32' in printed and f'mismatches {result["mismatches"]}/300' in printed
+
+    # the Verilog computes the exact sum (float64 holds these 34-bit sums exactly); Keras's float32 does not
+    dense = model.layers[1]
+    xq = dense.input_quantizer(model.layers[0](x)).numpy().astype(np.float64)
+    exact = xq @ dense.qkernel.numpy().astype(np.float64) + dense.qbias.numpy().astype(np.float64)
+    traced = rtl.trace_model(model)
+    rtl.verilog.write_verilog(traced, tmp_path / 'rtl', 'wide')
+    y_rtl = rtl.verilog.simulate(traced, tmp_path / 'rtl', 'wide', x)
+    assert np.array_equal(y_rtl, exact)
+    assert rtl.count_mismatches(model.predict(x, verbose=0), exact) == result['mismatches']

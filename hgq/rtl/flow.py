@@ -10,6 +10,10 @@ Steps, each timed and printed:
 5. synthesize with yosys (``synth_xilinx``) and count LUTs, flip-flops, carry chains and DSPs;
 6. write ``DIR/synth.json``.
 
+Every file is written under ``DIR/.partial-rtl`` first; only a complete run replaces ``DIR/rtl`` and
+``DIR/synth.json`` (renames). A run that fails at any step (a layer the tracer refuses, a simulator or yosys
+error, an interrupt) removes its partial files and leaves ``DIR`` as it was (not created, if it did not exist).
+
 Examples
 --------
 >>> import hgq
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +37,7 @@ import numpy as np
 
 from hgq.ebops import ebops as model_ebops
 from hgq.ebops import h_layers
+from hgq.fileio import make_writable_dir, partial_path, write_text_atomic
 from hgq.rtl.trace import TracedModel, TraceError, check_traceable, trace_model
 from hgq.rtl.verilog import require_tool, simulate, verilog_sources, write_verilog
 from hgq.rtl.yosys import synthesize, yosys_version
@@ -39,6 +45,7 @@ from hgq.rtl.yosys import synthesize, yosys_version
 __all__ = ['synth', 'probe_inputs', 'count_mismatches', 'SYNTH_FILE', 'DEFAULT_N_CHECK']
 
 SYNTH_FILE = 'synth.json'
+RTL_DIR = 'rtl'
 DEFAULT_N_CHECK = 10_000
 
 
@@ -169,9 +176,33 @@ def synth(
     if run_yosys:
         version = yosys_version()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / SYNTH_FILE).unlink(missing_ok=True)
-    rtl_dir = out_dir / 'rtl'
+    created = _missing_ancestors(out_dir)
+    make_writable_dir(out_dir)
+    work = partial_path(out_dir / RTL_DIR)
+    shutil.rmtree(work, ignore_errors=True)  # left by a run that was killed
+    try:
+        result = _run_steps(model, work, top, x_check, part_family if run_yosys else None, say)
+        result['synthesizer'] = f'{version} synth_xilinx -flatten -noiopad' if run_yosys else None
+        result['part_family'] = part_family
+        result['seconds'] = round(time.perf_counter() - start, 2)
+        _publish(work, out_dir, result)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_empty(created)
+        raise
+    say(f'[synth] wrote {out_dir / SYNTH_FILE} ({result["seconds"]:.1f} s in all)')
+    return result
+
+
+def _run_steps(
+    model: keras.Model,
+    rtl_dir: Path,
+    top: str,
+    x_check: np.ndarray | None,
+    part_family: str | None,
+    say: Callable[[str], Any],
+) -> dict[str, Any]:
+    """Trace, write, simulate and synthesize (``part_family=None``: no yosys) into ``rtl_dir``; the result."""
     steps: dict[str, float] = {}
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
@@ -194,16 +225,18 @@ def synth(
         y_keras = model.predict(x_check, batch_size=4096, verbose=0)
         mismatches, n_checked = count_mismatches(y_rtl, y_keras), len(x_check)
         say(f'[synth] bit-exact check: {mismatches} of {n_checked:,} samples differ from model.predict')
+        if mismatches:
+            say(_mismatch_hint(model))
 
     counts: dict[str, Any] = dict.fromkeys(('lut', 'ff', 'carry', 'dsp', 'muxf', 'bram', 'inv', 'depth'))
-    if run_yosys:
+    if part_family is not None:
         say(f'[synth] synthesizing with yosys (synth_xilinx -family {part_family}) ...')
         sources = verilog_sources(rtl_dir, top)
         counts = step('yosys', lambda: synthesize(sources, f'{top}_wrapper', rtl_dir / 'yosys', part_family))
         say(f'[synth] yosys: {counts["lut"]:,} LUTs, {counts["carry"]:,} carry chains, {counts["ff"]} FFs, '
             f'{counts["dsp"]} DSPs, depth {counts["depth"]}')  # fmt: skip
 
-    result = {
+    return {
         'model': model.name,
         'lut': counts['lut'],
         'ff': counts['ff'],
@@ -218,21 +251,56 @@ def synth(
         'ebops': float(model_ebops(model)),
         'mismatches': mismatches,
         'n_checked': n_checked,
-        'seconds': round(time.perf_counter() - start, 2),
+        'seconds': None,
         'step_seconds': steps,
         'yosys_cpu_seconds': counts.get('cpu_seconds'),
         'part_family': part_family,
-        'synthesizer': f'{version} synth_xilinx -flatten -noiopad' if run_yosys else None,
+        'synthesizer': None,
         'top': f'{top}_wrapper',
-        'rtl_dir': 'rtl',
+        'rtl_dir': RTL_DIR,
         'n_inputs': int(traced.comb.shape[0]),
         'n_outputs': int(traced.comb.shape[1]),
         'input_kif': traced.input_kif.T.tolist(),
         'input_overflow': traced.input_overflow.tolist(),
         'cells': counts.get('cells'),
     }
-    tmp = out_dir / f'.{SYNTH_FILE}.tmp'
-    tmp.write_text(json.dumps(result, indent=1) + '\n')
-    tmp.replace(out_dir / SYNTH_FILE)
-    say(f'[synth] wrote {out_dir / SYNTH_FILE} ({result["seconds"]:.1f} s in all)')
-    return result
+
+
+def _mismatch_hint(model: keras.Model) -> str:
+    """Why Keras and the logic may differ: float32 limits of the model, if any."""
+    from hgq.exactness import float32_problems
+
+    problems = float32_problems(model)
+    if not problems:
+        return '[synth] the model is exact in float32 by its formats: please report this model as a bug'
+    return '[synth] Keras computes this model inexactly in float32: ' + '; '.join(problems[:3])
+
+
+def _missing_ancestors(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove the directories a failed run created, deepest first, as long as they are empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
+def _publish(work: Path, out_dir: Path, result: dict[str, Any]) -> None:
+    """Put a complete run in place: ``work`` becomes ``out_dir/rtl``, then ``synth.json`` is written."""
+    rtl, old = out_dir / RTL_DIR, out_dir / '.old-rtl'
+    shutil.rmtree(old, ignore_errors=True)
+    (out_dir / SYNTH_FILE).unlink(missing_ok=True)  # never a synth.json beside an rtl/ it does not describe
+    if rtl.exists():
+        rtl.rename(old)
+    work.rename(rtl)
+    write_text_atomic(out_dir / SYNTH_FILE, json.dumps(result, indent=1) + '\n')
+    shutil.rmtree(old, ignore_errors=True)

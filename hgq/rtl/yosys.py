@@ -105,7 +105,8 @@ def synthesize(
     yosys = require_tool('yosys')
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    files = ' '.join(f'"{Path(s).resolve()}"' for s in sources)
+    # relative to the script: the directory of sources and script can be moved as a whole (hgq.synth does)
+    files = ' '.join(f'"{os.path.relpath(Path(s).resolve(), work_dir.resolve())}"' for s in sources)
     script = [
         f'read_verilog -defer {files}',
         f'synth_xilinx -family {part_family} -flatten -noiopad -top {top}',
@@ -119,7 +120,7 @@ def synthesize(
     proc = subprocess.run(cmd, cwd=work_dir, capture_output=True, text=True, timeout=timeout)
     text = log.read_text(errors='replace') if log.is_file() else ''
     if proc.returncode != 0:
-        raise SynthesisError(f'yosys failed ({proc.returncode}); see {log}:\n{(text or proc.stderr)[-2000:]}')
+        raise SynthesisError(f'yosys failed ({proc.returncode}); the end of its log:\n{(text or proc.stderr)[-2000:]}')
     counts = parse_stat(text)
     m = _LTP.search(text)
     counts['depth'] = int(m.group(1)) if m else None

@@ -143,8 +143,11 @@ def _code_bounds(k: Any, b: Any, overflow_mode: str, xp: Any) -> tuple[Any, Any]
 def _apply_overflow(codes: Any, k: Any, b: Any, overflow_mode: str, xp: Any) -> Any:
     lo, hi = _code_bounds(k, b, overflow_mode, xp)
     if overflow_mode == 'WRAP':
+        # ``codes mod span`` first: each step is exact in floating point, however far ``codes`` lies outside the
+        # range (``codes - lo`` is not once ``codes`` exceeds 2**24 steps in float32, 2**53 in float64).
         span = 2.0**b
-        return codes - xp.floor((codes - lo) / span) * span
+        low_bits = codes - xp.floor(codes / span) * span
+        return xp.where(low_bits > hi, low_bits - span, low_bits)
     return xp.minimum(xp.maximum(codes, lo), hi)
 
 

@@ -64,8 +64,29 @@ def load_model(path: str | Path, unsafe: bool = False) -> keras.Model:
                 f'model file {path} holds Python code (a lambda, e.g. in HActivation) that Keras loads only with '
                 'safe_mode=False; pass --unsafe if you trust the file'
             ) from None
+        stale = _stale_variables(str(err))
+        if stale:
+            raise UserError(f'model file {path} {stale}') from None
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise UserError(f'model file {path} could not be loaded: {first[:300]}') from None
+
+
+def _stale_variables(message: str) -> str | None:
+    """A Keras loading error about a quantizer's variables, as the format difference it means (else None)."""
+    import re
+
+    m = re.search(
+        r"Layer '([^']+)' expected (\d+) variables, but received (\d+).*?Expected: (\[[^\]]*\])", message, re.S
+    )
+    if m is None:
+        return None
+    name, expected, _, names = m.groups()
+    return (
+        f'was saved by another hgq version: quantizer {name!r} does not hold the {expected} variables {names} '
+        f'this version stores; files saved before WRAP quantizers gained range_started '
+        'and train_peak (4 variables: f, vmin, vmax, calibrated) do not load: load and export them with the '
+        'version that saved them, or train again'
+    )
 
 
 def load_data(path: str | Path) -> np.ndarray | list[np.ndarray]:

@@ -329,3 +329,14 @@ def test_cli_exit_1_when_keras_differs_from_the_verilog(tmp_path: Path, capsys: 
     y_rtl = rtl.verilog.simulate(traced, tmp_path / 'rtl', 'wide', x)
     assert np.array_equal(y_rtl, exact)
     assert rtl.count_mismatches(model.predict(x, verbose=0), exact) == result['mismatches']
+
+
+def test_cli_names_a_model_file_saved_with_older_quantizer_variables(capsys: pytest.CaptureFixture) -> None:
+    from hgq_cli import main
+
+    old = Path(__file__).parent / 'fixtures' / 'quantizer_4_variables.keras'
+    assert main(['synth', str(old), '-o', 'never_written']) == 2
+    err = capsys.readouterr().err
+    assert f'model file {old} was saved by another hgq version' in err
+    assert "quantizer 'h_quantize_iq'" in err and 'range_started' in err and '4 variables' in err
+    assert not Path('never_written').exists()

@@ -7,8 +7,9 @@ Run in the hgq virtual environment after the training scripts::
 Writes ``benchmarks/results/<dataset>.json`` (every run and the per-setting aggregates), ``<dataset>.md`` (tables)
 and ``<dataset>.png`` (test accuracy against EBOPs, log scale).
 
-``--reuse-peers`` takes the peers' runs from the existing ``results/<dataset>.json`` instead of their dumps (for
-when only this project's models were retrained and the peers' scripts did not change); the output says so.
+``--reuse-peers`` takes the peers' runs from the existing ``results/<dataset>.json`` (for when only this project's
+models were retrained and the peers' scripts did not change); the output says so. Peer dumps present (e.g. settings
+added to a peer's sweep) are counted too and replace a reused run of the same tool, setting and seed.
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ def collect(dataset: str, reuse_peers: bool = False) -> tuple[list[dict[str, Any
     paths = sorted((WORK_DIR / 'dumps' / dataset).glob('*.npz'))
     if not paths:
         raise FileNotFoundError(f'no dumps under {WORK_DIR / "dumps" / dataset}; run the training scripts first')
-    if reuse_peers:
-        paths = [p for p in paths if load_dump(p)['meta'].get('tool') not in PEERS]
     runs, floats = [], []
     for path in paths:
         dump = load_dump(path)
@@ -61,8 +60,13 @@ def collect(dataset: str, reuse_peers: bool = False) -> tuple[list[dict[str, Any
             }
         )
     if reuse_peers:
-        runs += previous_peer_runs(dataset)
+        fresh = {run_key(r) for r in runs}
+        runs += [r for r in previous_peer_runs(dataset) if run_key(r) not in fresh]
     return runs, floats
+
+
+def run_key(run: dict[str, Any]) -> tuple[str, str, int]:
+    return run['tool'], run['config'], int(run['seed'])
 
 
 def previous_peer_runs(dataset: str) -> list[dict[str, Any]]:
@@ -165,6 +169,62 @@ def cheapest_ramp_at(runs: list[dict[str, Any]], threshold: float) -> dict[str, 
     return best
 
 
+def per_seed_cheapest(runs: list[dict[str, Any]], cheapest: list[dict]) -> list[dict]:
+    """For each threshold and each of our seeds, our cheapest model reaching it (constant beta or ramp checkpoint).
+
+    ``ratio``: its EBOPs over the best peer's (mean over the peer's seeds, as in ``cheapest``); ``median_ratio``
+    over our seeds (``None`` where a seed has no model reaching the threshold).
+    """
+    seeds = sorted({r['seed'] for r in runs if r['tool'] == OURS})
+    table = []
+    for entry in cheapest:
+        threshold = entry['accuracy_at_least']
+        peers = [entry[t]['ebops'] for t in PEERS if entry[t] is not None]
+        best_peer = min(peers) if peers else None
+        row: dict[str, Any] = {'accuracy_at_least': threshold, 'seeds': {}}
+        for seed in seeds:
+            ok = [r for r in runs if r['tool'] == OURS and r['seed'] == seed and r['test_accuracy'] >= threshold]
+            best = min(ok, key=lambda r: r['ebops']) if ok else None
+            row['seeds'][seed] = (
+                None
+                if best is None
+                else {
+                    'config': best['config'] + (f', epoch {best["epoch"]}' if 'ramp' in best else ''),
+                    'ebops': best['ebops'],
+                    'ratio': best['ebops'] / best_peer if best_peer else None,
+                }
+            )
+        ratios = [c['ratio'] if c else np.inf for c in row['seeds'].values()]
+        median = float(np.median(ratios)) if ratios and best_peer else None
+        row['median_ratio'] = median if median is not None and np.isfinite(median) else None
+        table.append(row)
+    return table
+
+
+def per_seed_lines(table: list[dict]) -> list[str]:
+    if not table or not table[0]['seeds']:
+        return []
+    seeds = list(table[0]['seeds'])
+    lines = [
+        '',
+        '## hgq (ours) per seed: fewest EBOPs reaching an accuracy',
+        '',
+        'Per seed, our cheapest model (constant beta, or a ramp checkpoint) whose test accuracy reaches the '
+        "threshold; x: its cost over the best peer's (the peer's mean over its seeds, table above).",
+        '',
+        '| accuracy ≥ | ' + ' | '.join(f'seed {s}' for s in seeds) + ' | median x |',
+        '|---|' + '---|' * (len(seeds) + 1),
+    ]
+    for row in table:
+        cells = [
+            '—' if c is None else f'{c["ebops"]:.0f} ({c["config"]}' + (f', {c["ratio"]:.2f}x)' if c['ratio'] else ')')
+            for c in row['seeds'].values()
+        ]
+        median = '—' if row['median_ratio'] is None else f'{row["median_ratio"]:.2f}x'
+        lines.append(f'| {row["accuracy_at_least"]:.2f} | ' + ' | '.join(cells) + f' | {median} |')
+    return lines
+
+
 def own_ebops_check(runs: list[dict[str, Any]]) -> dict[str, float]:
     """Largest relative difference between the common EBOPs and each tool's own count, per tool."""
     out = {}
@@ -175,7 +235,7 @@ def own_ebops_check(runs: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def markdown(dataset: str, rows, floats, cheapest, check, runs=()) -> str:
+def markdown(dataset: str, rows, floats, cheapest, check, runs=(), per_seed=()) -> str:
     float_acc = np.array([f['test_accuracy'] for f in floats]) if floats else None
     s = floats[0] if floats else {}
     lines = [
@@ -216,6 +276,7 @@ def markdown(dataset: str, rows, floats, cheapest, check, runs=()) -> str:
         '(chosen during training on training-set accuracy and EBOPs) whose test accuracy reaches the threshold, '
         'averaged over seeds; constant settings: the mean test accuracy over seeds must reach it.',
     ]
+    lines += per_seed_lines(list(per_seed))
     reused = sorted({r['tool'] for r in runs if r.get('reused')})
     if reused:
         lines += ['', f'Runs of {", ".join(reused)} reused from the previous results (their scripts did not change).']
@@ -335,17 +396,19 @@ def main() -> None:
     rows = aggregate(runs)
     cheapest = cheapest_at(rows, runs, args.thresholds or list(THRESHOLDS.get(args.dataset, (0.9,))))
     check = own_ebops_check(runs)
+    per_seed = per_seed_cheapest(runs, cheapest)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     result = {
         'dataset': args.dataset,
         'settings': rows,
         'cheapest': cheapest,
+        'per_seed_cheapest': per_seed,
         'own_ebops_max_rel_diff': check,
         'float_reference': floats,
         'runs': runs,
     }
     (RESULTS_DIR / f'{args.dataset}.json').write_text(json.dumps(result, indent=1) + '\n')
-    text = markdown(args.dataset, rows, floats, cheapest, check, runs)
+    text = markdown(args.dataset, rows, floats, cheapest, check, runs, per_seed)
     (RESULTS_DIR / f'{args.dataset}.md').write_text(text)
     plot(args.dataset, runs, rows, floats, RESULTS_DIR / f'{args.dataset}.png')
     print(text)

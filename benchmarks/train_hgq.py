@@ -13,6 +13,9 @@ as users do:
   accuracy on the training set (evaluated in inference mode after each epoch) and EBOPs; every checkpoint of the
   front is dumped. Checkpoints are chosen on training data, never on the test set.
 
+Both end with :class:`hgq.callbacks.SettleBits`: the bitwidths are frozen for the last ``--settle`` epochs
+(default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats.
+
 After training, ``hgq.calibrate`` sets the exact integer bits from the training set; the dump holds the quantized
 kernels and the width ``k + i + f`` of every input element of each ``HDense`` (its input quantizer after
 calibration), and the firmware input width (sum of the ``HQuantize`` widths). A float Keras model of the same
@@ -30,6 +33,9 @@ from bench_common import BETAS, dump_path, save_dump, seed_everything, sweep_par
 
 import hgq
 from hgq.layers import HDense, HQuantize
+
+# Final epochs with frozen bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run.
+SETTLE_EPOCHS = {'digits': 12, 'fashion_mnist': 3}
 
 
 def build(n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
@@ -100,12 +106,23 @@ def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, datas
     return meta
 
 
-def run_hgq(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
+def settle_callbacks(settle: int) -> list:
+    return [hgq.callbacks.SettleBits(settle)] if settle else []
+
+
+def run_hgq(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], settings: dict, settle: int = 0) -> None:
     seed_everything(seed)
     n_classes = int(data['y_train'].max()) + 1
     model = build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
-    train_s = fit(model, data, settings)
-    meta = {'config': f'beta={beta:g}', 'beta': beta, 'train_seconds': train_s, 'seed': seed, **settings}
+    train_s = fit(model, data, settings, callbacks=settle_callbacks(settle))
+    meta = {
+        'config': f'beta={beta:g}',
+        'beta': beta,
+        'train_seconds': train_s,
+        'seed': seed,
+        'settle_epochs': settle,
+        **settings,
+    }
     try:
         meta = dump_model(model, data, f'hgq_beta{beta:g}_seed{seed}', dataset, meta)
     except hgq.exactness.InexactError as err:
@@ -114,7 +131,9 @@ def run_hgq(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], s
     print(f'hgq beta={beta:g} seed={seed}: acc {meta["test_accuracy"]:.4f}, EBOPs {meta["own_ebops"]:.0f}', flush=True)
 
 
-def run_ramp(dataset: str, ramp: tuple[float, float], seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
+def run_ramp(
+    dataset: str, ramp: tuple[float, float], seed: int, data: dict[str, np.ndarray], settings: dict, settle: int = 0
+) -> None:
     """Log ramp of beta with a Pareto front of checkpoints (training accuracy vs EBOPs); dump every checkpoint."""
     seed_everything(seed)
     start, end = ramp
@@ -124,7 +143,7 @@ def run_ramp(dataset: str, ramp: tuple[float, float], seed: int, data: dict[str,
     config = f'ramp {start:g}->{end:g}'
     with tempfile.TemporaryDirectory() as directory:
         front = hgq.callbacks.ParetoFront(directory, metrics=('val_accuracy', 'ebops'), sides=('max', 'min'))
-        train_s = fit(model, data, settings, callbacks=[schedule, front], validate=True)
+        train_s = fit(model, data, settings, callbacks=[schedule, *settle_callbacks(settle), front], validate=True)
         points = hgq.callbacks.read_front(directory)
         for point in points:
             checkpoint = keras.models.load_model(point.path)
@@ -136,6 +155,7 @@ def run_ramp(dataset: str, ramp: tuple[float, float], seed: int, data: dict[str,
                 'train_accuracy': point.values['val_accuracy'],
                 'train_seconds': train_s,
                 'seed': seed,
+                'settle_epochs': settle,
                 **settings,
             }
             stem = f'hgq_ramp{start:g}-{end:g}_seed{seed}_epoch{point.epoch:04d}'
@@ -182,15 +202,19 @@ def main() -> None:
     parser.add_argument('--betas', type=float, nargs='*', default=list(BETAS))
     parser.add_argument('--ramps', type=parse_ramp, nargs='*', default=[], help='log beta ramps START:END')
     parser.add_argument('--no-float', action='store_true', help='skip the float32 reference')
+    parser.add_argument('--settle', type=int, default=None, help='final epochs with frozen bitwidths (SettleBits)')
     args = parser.parse_args()
     settings, data = sweep_settings(args)
+    settle = SETTLE_EPOCHS[args.dataset] if args.settle is None else args.settle
+    if not 0 <= settle < settings['epochs']:
+        raise SystemExit(f'--settle: need 0 <= SETTLE < epochs ({settings["epochs"]}), got {settle}')
     for seed in args.seeds:
         if not args.no_float:
             run_float(args.dataset, seed, data, settings)
         for beta in args.betas:
-            run_hgq(args.dataset, beta, seed, data, settings)
+            run_hgq(args.dataset, beta, seed, data, settings, settle)
         for ramp in args.ramps:
-            run_ramp(args.dataset, ramp, seed, data, settings)
+            run_ramp(args.dataset, ramp, seed, data, settings, settle)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,533 @@
+"""Mutation testing of the HGQ core: one AST mutation at a time, judged by the tests that run the mutated line.
+
+Why not mutmut: mutmut 3 routes every function of a mutated file through a trampoline, constructors included, and
+Keras reads the signature of a layer's constructor, so every test of a file holding a layer fails before any mutant
+is applied. This driver changes one node of the module's syntax tree per mutant and leaves all else untouched.
+
+Steps (``python scripts/mutate.py MODULE ...``, see scripts/MUTATION.md):
+
+1. **Coverage map.** The module's test files run once under coverage.py with one context per test, which gives for
+   every source line the tests that execute it, and each test's duration.
+2. **Mutants.** For each source file: arithmetic operator swaps (``+``/``-``, ``*``/``/``, ...), comparison
+   boundary flips (``<``/``<=``, ``==``/``!=``, ``is``/``is not``, ``in``/``not in``), ``and``/``or``, a dropped
+   unary ``-`` or ``not``, numbers ``+1``, ``True``/``False``, identifier-like strings (``'WRAP'`` ->
+   ``'XXWRAPXX'``), ``return x`` -> ``return None``, and calls of ``max``/``min``, ``maximum``/``minimum``,
+   ``floor``/``ceil``, ``any``/``all`` swapped. Left alone: docstrings, annotations, f-strings and messages
+   (strings with spaces), ``__all__``, ``stacklevel=`` values.
+3. **Runs.** A parent process imports TensorFlow, Keras and pytest once and forks a child per mutant; the child
+   serves the mutated source for the one module through an import hook and runs, with ``pytest -x``, only the tests
+   that executed a line of the mutated node (fastest first). A mutant that fails a test is *killed*, one that
+   runs past its time limit (20 s + 4 times the tests' own time) is *timeout*, one that passes is *survived*, one
+   on a line that no test runs is *uncovered* (counted as surviving). Lines only executed at import (module
+   constants, default arguments) are judged by every test of the module.
+
+Results go to ``OUT/<module>.jsonl`` (one line per mutant; a rerun skips mutants already judged unless
+``--fresh``); ``--show ID`` prints a mutant's diff; ``--summary`` prints the score table, with the mutants listed
+in ``scripts/equivalent_mutants.txt`` excluded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import importlib.abc
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# module -> (source files mutated, test files judging them). Only tests not marked `slow` run.
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    'ebops': (['hgq/ebops.py'], ['tests/test_ebops_exact.py', 'tests/test_mutation_kills.py']),
+    'calibrate': (
+        ['hgq/calibrate.py'],
+        ['tests/test_calibrate_contract.py', 'tests/test_ebops_exact.py', 'tests/test_layers.py',
+         'tests/test_hardening.py', 'tests/test_mutation_kills.py'],
+    ),
+    'quantizer': (
+        ['hgq/quantizer.py'],
+        ['tests/test_quantizer.py', 'tests/test_tracking.py', 'tests/test_ebops_exact.py', 'tests/test_properties.py',
+         'tests/test_mutation_kills.py'],
+    ),
+    'layers': (
+        ['hgq/layers/base.py', 'hgq/layers/kernel.py', 'hgq/layers/dense.py', 'hgq/layers/conv.py',
+         'hgq/layers/quantize.py', 'hgq/layers/merge.py', 'hgq/layers/pooling.py', 'hgq/layers/activation.py',
+         'hgq/layers/softmax.py', 'hgq/layers/batchnorm.py'],
+        ['tests/test_layers.py', 'tests/test_layers_batchnorm.py', 'tests/test_layers_bit_exact.py',
+         'tests/test_activation.py', 'tests/test_softmax.py', 'tests/test_ebops_exact.py',
+         'tests/test_mutation_kills.py'],
+    ),
+    'exactness': (['hgq/exactness.py'], ['tests/test_hardening.py', 'tests/test_calibrate_contract.py',
+                                         'tests/test_mutation_kills.py']),
+    'callbacks': (['hgq/callbacks.py'], ['tests/test_callbacks.py', 'tests/test_pareto_ties.py',
+                                         'tests/test_front_mechanisms.py', 'tests/test_mutation_kills.py']),
+}
+PYTEST_ARGS = ['-o', 'addopts=', '-p', 'no:cacheprovider', '-p', 'no:xdist', '-m', 'not slow', '-q', '-x']
+EQUIVALENT_FILE = REPO / 'scripts' / 'equivalent_mutants.txt'
+
+BINARY_SWAPS = {
+    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
+    ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.LShift: ast.RShift, ast.RShift: ast.LShift,
+    ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.BitXor: ast.BitAnd,
+}
+COMPARE_SWAPS = {
+    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
+}
+CALL_SWAPS = {'max': 'min', 'min': 'max', 'maximum': 'minimum', 'minimum': 'maximum', 'floor': 'ceil',
+              'ceil': 'floor', 'any': 'all', 'all': 'any'}
+
+
+# ---------------------------------------------------------------------------------------------------------- mutants
+@dataclass(frozen=True)
+class Mutant:
+    file: str  # path relative to the repository
+    index: int  # position among the file's mutation sites, in tree order
+    line: int
+    col: int
+    label: str
+
+    @property
+    def id(self) -> str:
+        return f'{self.file}:{self.line}:{self.col}:{self.label}'
+
+
+def _site_mutations(node: ast.AST) -> list[tuple[str, object]]:
+    """(label, replacement) for each mutation of ``node`` itself; a replacement is a node or a callable on a copy."""
+    out: list[tuple[str, object]] = []
+    if isinstance(node, ast.BinOp | ast.AugAssign) and type(node.op) in BINARY_SWAPS:
+        new = BINARY_SWAPS[type(node.op)]
+        out.append((f'{type(node.op).__name__}->{new.__name__}', lambda n, new=new: setattr(n, 'op', new())))
+    elif isinstance(node, ast.Compare):
+        for j, op in enumerate(node.ops):
+            if type(op) in COMPARE_SWAPS:
+                new = COMPARE_SWAPS[type(op)]
+                label = f'{type(op).__name__}->{new.__name__}'
+                out.append((label, lambda n, j=j, new=new: n.ops.__setitem__(j, new())))
+    elif isinstance(node, ast.BoolOp):
+        new = ast.Or if isinstance(node.op, ast.And) else ast.And
+        out.append((f'{type(node.op).__name__}->{new.__name__}', lambda n, new=new: setattr(n, 'op', new())))
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.Not | ast.Invert):
+        out.append((f'drop-{type(node.op).__name__}', 'operand'))
+    elif isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool):
+            out.append((f'{value}->{not value}', lambda n: setattr(n, 'value', not n.value)))
+        elif isinstance(value, int | float):
+            out.append((f'{value!r}->{value + 1!r}', lambda n: setattr(n, 'value', n.value + 1)))
+        elif isinstance(value, str) and value and ' ' not in value and len(value) <= 40:
+            out.append((f'str-{value}', lambda n: setattr(n, 'value', f'XX{n.value}XX')))
+    elif isinstance(node, ast.Return) and node.value is not None:
+        if not (isinstance(node.value, ast.Constant) and node.value.value is None):
+            out.append(('return-None', lambda n: setattr(n, 'value', ast.Constant(None))))
+    elif isinstance(node, ast.Call):
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+        if name in CALL_SWAPS:
+            new_name = CALL_SWAPS[name]
+            field = 'attr' if isinstance(func, ast.Attribute) else 'id'
+            out.append((f'{name}->{new_name}', lambda n, f=field, v=new_name: setattr(n.func, f, v)))
+    return out
+
+
+def _skipped_children(node: ast.AST) -> set[int]:
+    """Ids of child nodes that are never mutated: docstrings, annotations, f-strings, `__all__`, stacklevel."""
+    skip: list[ast.AST | None] = []
+    if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+        first = node.body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            skip.append(first)
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        skip.append(node.returns)
+        skip.extend(a.annotation for a in [*node.args.posonlyargs, *node.args.args, *node.args.kwonlyargs])
+        skip.extend(a.annotation for a in [node.args.vararg, node.args.kwarg] if a is not None)
+    if isinstance(node, ast.AnnAssign):
+        skip.append(node.annotation)
+    if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == '__all__' for t in node.targets):
+        skip.extend(node.targets + [node.value])
+    if isinstance(node, ast.keyword) and node.arg == 'stacklevel':
+        skip.append(node.value)
+    if isinstance(node, ast.JoinedStr):
+        skip.extend(node.values)
+    return {id(n) for n in skip if n is not None}
+
+
+def _walk_sites(tree: ast.AST):
+    """Yield (node, parent, field, position, mutations) in a fixed pre-order, skipping what is never mutated."""
+
+    def visit(node, parent, field, pos):
+        if isinstance(node, ast.JoinedStr):
+            return
+        yield node, parent, field, pos, _site_mutations(node)
+        skipped = _skipped_children(node)
+        for name, value in ast.iter_fields(node):
+            children = value if isinstance(value, list) else [value]
+            for j, child in enumerate(children):
+                if isinstance(child, ast.AST) and id(child) not in skipped:
+                    yield from visit(child, node, name, j if isinstance(value, list) else None)
+
+    yield from visit(tree, None, None, None)
+
+
+def list_mutants(file: str) -> list[Mutant]:
+    tree = ast.parse((REPO_TREE / file).read_text())
+    mutants: list[Mutant] = []
+    seen: dict[tuple[int, int, str], int] = {}
+    for node, _parent, _field, _pos, mutations in _walk_sites(tree):
+        for label, _ in mutations:
+            key = (node.lineno, node.col_offset, label)
+            seen[key] = seen.get(key, 0) + 1
+            label = label if seen[key] == 1 else f'{label}#{seen[key]}'  # same operator twice in one expression
+            mutants.append(Mutant(file, len(mutants), node.lineno, node.col_offset, label))
+    return mutants
+
+
+def mutated_source(mutant: Mutant) -> str:
+    tree = ast.parse((REPO_TREE / mutant.file).read_text())
+    count = 0
+    for node, parent, field, pos, mutations in _walk_sites(tree):
+        for _label, change in mutations:
+            if count == mutant.index:
+                if change == 'operand':
+                    replacement = node.operand
+                    if pos is None:
+                        setattr(parent, field, replacement)
+                    else:
+                        getattr(parent, field)[pos] = replacement
+                else:
+                    change(node)
+                return ast.unparse(ast.fix_missing_locations(tree)) + '\n'
+            count += 1
+    raise IndexError(f'{mutant.id}: no such mutation site')
+
+
+def mutant_diff(mutant: Mutant) -> str:
+    original = ast.unparse(ast.parse((REPO_TREE / mutant.file).read_text())).splitlines()
+    changed = mutated_source(mutant).splitlines()
+    return '\n'.join(difflib.unified_diff(original, changed, mutant.file, mutant.id, n=1, lineterm=''))
+
+
+def _node_lines(file: str) -> dict[int, tuple[int, int, int | None]]:
+    """Mutant index -> (first line, last line, first body line of the enclosing function for default arguments)."""
+    tree = ast.parse((REPO_TREE / file).read_text())
+    spans: dict[int, tuple[int, int, int | None]] = {}
+    defaults: dict[int, int] = {}
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+            for d in [*fn.args.defaults, *[d for d in fn.args.kw_defaults if d is not None]]:
+                for sub in ast.walk(d):
+                    defaults[id(sub)] = fn.body[0].lineno if len(fn.body) == 1 else fn.body[1].lineno
+    count = 0
+    for node, _parent, _field, _pos, mutations in _walk_sites(tree):
+        for _ in mutations:
+            end = node.end_lineno if not isinstance(node, ast.Return) else node.lineno
+            spans[count] = (node.lineno, end or node.lineno, defaults.get(id(node)))
+            count += 1
+    return spans
+
+
+# --------------------------------------------------------------------------------------------------- coverage map
+COVERAGE_PLUGIN = '''
+import json, os, time
+import coverage
+import pytest
+
+_durations = {}
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        cov.switch_context(item.nodeid)
+    start = time.perf_counter()
+    yield
+    _durations[item.nodeid] = time.perf_counter() - start
+    if cov is not None:
+        cov.switch_context('')
+
+def pytest_sessionfinish(session, exitstatus):
+    with open(os.environ['MUTATE_DURATIONS'], 'w') as fh:
+        json.dump({'durations': _durations, 'exitstatus': int(exitstatus)}, fh)
+'''
+
+
+def coverage_map(module: str, out: Path) -> dict:
+    """Run the module's tests once under coverage; map each source line to the tests that execute it."""
+    sources, tests = MODULES[module]
+    cache = out / f'{module}.coverage.json'
+    if cache.exists():
+        return json.loads(cache.read_text())
+    work = out / f'{module}.cov'
+    work.mkdir(parents=True, exist_ok=True)
+    (work / 'mutate_coverage_plugin.py').write_text(COVERAGE_PLUGIN)
+    rc = work / 'coveragerc'
+    include = ','.join(str(REPO_TREE / s) for s in sources)
+    rc.write_text(f'[run]\ndata_file = {work / "data"}\ninclude = {include}\n')
+    env = dict(os.environ, MUTATE_DURATIONS=str(work / 'durations.json'), PYTHONPATH=f'{work}:{REPO_TREE}',
+               HYPOTHESIS_PROFILE='mutation')
+    tests = [t for t in tests if (REPO_TREE / t).exists()]
+    cmd = [sys.executable, '-m', 'coverage', 'run', f'--rcfile={rc}', '-m', 'pytest', *PYTEST_ARGS[:-1],
+           '-p', 'mutate_coverage_plugin', *tests]
+    print(f'[{module}] coverage map: {" ".join(tests)}', flush=True)
+    start = time.time()
+    with open(work / 'pytest.log', 'w') as log:
+        subprocess.run(cmd, cwd=REPO_TREE, env=env, stdout=log, stderr=subprocess.STDOUT, check=False)
+    info = json.loads((work / 'durations.json').read_text())
+    if info['exitstatus'] != 0:
+        sys.exit(f'[{module}] the unmutated tests fail (exit {info["exitstatus"]}); see {work / "pytest.log"}')
+    import coverage
+
+    data = coverage.CoverageData(basename=str(work / 'data'))
+    data.read()
+    lines: dict[str, dict[str, list[str]]] = {}
+    for source in sources:
+        by_line = data.contexts_by_lineno(str(REPO_TREE / source))
+        lines[source] = {str(n): sorted(c for c in ctx if c) for n, ctx in by_line.items()}
+    result = {'durations': info['durations'], 'lines': lines, 'seconds': time.time() - start}
+    cache.write_text(json.dumps(result))
+    print(f'[{module}] coverage map: {len(info["durations"])} tests, {result["seconds"]:.0f} s', flush=True)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------------------ runs
+class _MutatedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves the mutated source for one module name; every other import goes its usual way."""
+
+    def __init__(self, name: str, path: Path, source: str) -> None:
+        self.name, self.path, self.source = name, path, source
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != self.name:
+            return None
+        return importlib.util.spec_from_file_location(fullname, self.path, loader=self)
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(compile(self.source, str(self.path), 'exec'), module.__dict__)
+
+
+def _run_child(mutant: Mutant, tests: list[str], log_path: Path) -> None:
+    """In the forked child: install the mutated module, run the tests, exit with pytest's status."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        name = mutant.file[:-3].replace('/', '.')
+        source = mutated_source(mutant)
+        sys.meta_path.insert(0, _MutatedModule(name, REPO_TREE / mutant.file, source))
+        import pytest
+
+        code = int(pytest.main([*PYTEST_ARGS, *tests]))
+    except BaseException as err:  # noqa: BLE001 - any failure of the child is reported through its exit status
+        print(f'mutation driver error: {err!r}', flush=True)
+        code = 99
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _verdict(code: int | None) -> str:
+    if code is None:
+        return 'timeout'
+    if code == 0:
+        return 'survived'
+    if code in (1, 2):  # a failing test, or an import of the mutated module failing during collection
+        return 'killed'
+    return f'error{code}'
+
+
+def _select_tests(mutant: Mutant, span, cov: dict) -> tuple[list[str], str]:
+    if 'rejudge' in cov:
+        return cov['rejudge'], 'rejudge'
+    lines = cov['lines'][mutant.file]
+    first, last, default_body = span
+    wanted = range(default_body, default_body + 1) if default_body else range(first, last + 1)
+    tests: set[str] = set()
+    executed = False
+    for n in wanted:
+        if str(n) in lines:
+            executed = True
+            tests.update(lines[str(n)])
+    if tests:
+        return sorted(tests, key=lambda t: cov['durations'].get(t, 1e9)), 'covered'
+    if executed or str(first) in lines:  # executed only at import: every test of the module judges it
+        return sorted(cov['durations'], key=cov['durations'].get), 'import'
+    return [], 'uncovered'
+
+
+def _latest(results_path: Path) -> dict[str, dict]:
+    """Mutant id -> its latest verdict (a rejudged mutant has several lines; the last one counts)."""
+    entries: dict[str, dict] = {}
+    if results_path.exists():
+        for line in results_path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries[entry['id']] = entry
+    return entries
+
+
+def run_module(
+    module: str, out: Path, jobs: int, fresh: bool, only: str | None, rejudge: list[str] | None = None
+) -> None:
+    results_path = out / f'{module}.jsonl'
+    if fresh and results_path.exists():
+        results_path.unlink()
+    latest = _latest(results_path)
+    if rejudge:  # the survivors again, against whole test files (new tests), without a coverage map
+        done = {i for i, e in latest.items() if e['status'] not in ('survived', 'uncovered')}
+        durations = {t: 30.0 for t in rejudge}
+        cov = {'durations': durations, 'lines': {f: {} for f in MODULES[module][0]}, 'rejudge': rejudge}
+    else:
+        done = set(latest)
+        cov = coverage_map(module, out)
+    logs = out / f'{module}.logs'
+    logs.mkdir(exist_ok=True)
+    queue = []
+    for file in MODULES[module][0]:
+        spans = _node_lines(file)
+        for mutant in list_mutants(file):
+            if mutant.id not in done and (only is None or only in mutant.id):
+                queue.append((mutant, spans[mutant.index]))
+    print(f'[{module}] {len(queue)} mutants to judge ({len(done)} judged before)', flush=True)
+    running: dict[int, tuple[Mutant, float, float, str, int]] = {}
+    judged = 0
+
+    def record(mutant: Mutant, status: str, seconds: float, how: str, n_tests: int) -> None:
+        nonlocal judged
+        judged += 1
+        entry = dict(id=mutant.id, file=mutant.file, line=mutant.line, label=mutant.label, status=status,
+                     seconds=round(seconds, 1), selection=how, tests=n_tests)
+        with open(results_path, 'a') as fh:
+            fh.write(json.dumps(entry) + '\n')
+        if status != 'killed':
+            print(f'[{module}] {judged}/{len(queue)} {status}: {mutant.id}', flush=True)
+        elif judged % 25 == 0:
+            print(f'[{module}] {judged}/{len(queue)} judged', flush=True)
+
+    pending = list(queue)
+    while pending or running:
+        while pending and len(running) < jobs:
+            mutant, span = pending.pop(0)
+            tests, how = _select_tests(mutant, span, cov)
+            if not tests:
+                record(mutant, 'uncovered', 0.0, how, 0)
+                continue
+            limit = 20.0 + 4.0 * sum(cov['durations'].get(t, 5.0) for t in tests)
+            log_path = logs / f'{mutant.index}.log'
+            pid = os.fork()
+            if pid == 0:
+                _run_child(mutant, tests, log_path)
+            running[pid] = (mutant, time.time(), limit, how, len(tests))
+        time.sleep(0.2)
+        for pid, (mutant, start, limit, how, n_tests) in list(running.items()):
+            finished, status = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                del running[pid]
+                record(mutant, _verdict(os.waitstatus_to_exitcode(status)), time.time() - start, how, n_tests)
+            elif time.time() - start > limit:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                del running[pid]
+                record(mutant, 'timeout', time.time() - start, how, n_tests)
+
+
+# --------------------------------------------------------------------------------------------------------- summary
+def equivalent_ids() -> dict[str, str]:
+    """Mutant id -> reason, from scripts/equivalent_mutants.txt (``id  reason`` lines, ``#`` comments)."""
+    found = {}
+    if EQUIVALENT_FILE.exists():
+        for line in EQUIVALENT_FILE.read_text().splitlines():
+            if line.strip() and not line.startswith('#'):
+                mutant_id, _, reason = line.partition(' ')
+                found[mutant_id] = reason.strip()
+    return found
+
+
+def summary(out: Path, modules: list[str]) -> None:
+    equivalent = equivalent_ids()
+    print('| module | mutants | equivalent | killed | timeout | survived | uncovered | score |')
+    print('|---|---|---|---|---|---|---|---|')
+    for module in modules:
+        path = out / f'{module}.jsonl'
+        if not path.exists():
+            continue
+        entries = _latest(path)
+        counts = {'killed': 0, 'timeout': 0, 'survived': 0, 'uncovered': 0, 'equivalent': 0}
+        alive = []
+        for entry in entries.values():
+            status = 'equivalent' if entry['id'] in equivalent else entry['status']
+            counts[status] = counts.get(status, 0) + 1
+            if status in ('survived', 'uncovered') or status.startswith('error'):
+                alive.append(f"{entry['id']} ({status})")
+        caught = counts['killed'] + counts['timeout']
+        scored = len(entries) - counts['equivalent']
+        score = 100.0 * caught / scored if scored else float('nan')
+        print(f"| `{module}` | {len(entries)} | {counts['equivalent']} | {counts['killed']} | {counts['timeout']} | "
+              f"{counts['survived']} | {counts['uncovered']} | {score:.1f}% |")
+        for name in alive:
+            print(f'    alive: {name}', file=sys.stderr)
+
+
+def main() -> None:
+    global REPO_TREE
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('modules', nargs='*', default=[], help=f'some of {", ".join(MODULES)} (default: all)')
+    parser.add_argument('--tree', type=Path, default=REPO, help='source tree to mutate (default: this repository)')
+    parser.add_argument('--out', type=Path, default=Path('/tmp/hgq-mutate'), help='results folder')
+    parser.add_argument('--jobs', type=int, default=2, help='mutants judged at once')
+    parser.add_argument('--fresh', action='store_true', help='judge every mutant again')
+    parser.add_argument('--only', help='judge only mutants whose id contains this text')
+    parser.add_argument('--rejudge', nargs='+', metavar='TEST_FILE',
+                        help='judge the surviving and uncovered mutants again with these whole test files')
+    parser.add_argument('--list', action='store_true', help='list the mutants and stop')
+    parser.add_argument('--show', metavar='ID', help='print the diff of one mutant')
+    parser.add_argument('--summary', action='store_true', help='print the score table of earlier runs')
+    args = parser.parse_args()
+    REPO_TREE = args.tree.resolve()
+    modules = args.modules or list(MODULES)
+    for module in modules:
+        if module not in MODULES:
+            parser.error(f'unknown module {module!r}; expected one of {", ".join(MODULES)}')
+    if args.show:
+        file = args.show.split(':')[0]
+        matches = [m for m in list_mutants(file) if m.id == args.show]
+        if not matches:
+            sys.exit(f'no mutant {args.show!r}; --list shows the ids')
+        print(mutant_diff(matches[0]))
+        return
+    if args.list:
+        for module in modules:
+            for file in MODULES[module][0]:
+                for mutant in list_mutants(file):
+                    print(mutant.id)
+        return
+    if args.summary:
+        summary(args.out, modules)
+        return
+    args.out.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO_TREE))
+    os.chdir(REPO_TREE)
+    os.environ.setdefault('HYPOTHESIS_PROFILE', 'mutation')
+    import keras  # noqa: F401  - loaded once here, shared by every forked child
+    import numpy  # noqa: F401
+    import pytest  # noqa: F401
+
+    for module in modules:
+        run_module(module, args.out, args.jobs, args.fresh, args.only, args.rejudge)
+    summary(args.out, modules)
+
+
+REPO_TREE = REPO
+
+if __name__ == '__main__':
+    main()

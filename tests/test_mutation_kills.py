@@ -1,0 +1,105 @@
+"""Behaviours that mutation testing (scripts/mutate.py, scripts/MUTATION.md) found unpinned by the rest of the suite.
+
+Each test names the rule it pins; together they kill the mutants that survived the module's own tests.
+"""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+import hgq
+from hgq.ebops import all_layers, ebops, h_layers, holds_finite_values, layer_ebops
+from hgq.layers import HDense, HQuantize
+
+# -- hgq.ebops ---------------------------------------------------------------------------------------------------
+
+
+class _Wrapper(keras.layers.Layer):
+    """A plain Keras layer holding a plain Dense and an H-layer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.plain = keras.layers.Dense(3, name='plain')
+        self.inner = HDense(2, name='inner')
+
+    def build(self, input_shape):
+        self.plain.build(input_shape)
+        self.inner.build((*input_shape[:-1], 3))
+
+    def call(self, x):
+        return self.inner(self.plain(x))
+
+
+class _Outer(keras.layers.Layer):
+    """A plain layer that holds its H-layers two levels down, in a dict attribute."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.parts = {'wrapped': _Wrapper(name='wrapper')}
+
+    def build(self, input_shape):
+        self.parts['wrapped'].build(input_shape)
+
+    def call(self, x):
+        return self.parts['wrapped'](x)
+
+
+def _wrapped_model():
+    return keras.Sequential([keras.Input((4,)), HQuantize(name='hq'), _Outer(name='outer')])
+
+
+def test_layers_are_found_inside_plain_layers_that_hold_h_layers():
+    model = _wrapped_model()
+    assert [layer.name for layer in all_layers(model)] == ['hq', 'plain', 'inner']
+    assert [layer.name for layer in h_layers(model)] == ['hq', 'inner']
+    values = layer_ebops(model)
+    assert list(values) == ['inner'] and values['inner'] > 0
+    assert ebops(model) == values['inner']
+
+
+def test_a_plain_layer_without_h_layers_is_listed_itself():
+    model = keras.Sequential([keras.Input((4,)), HQuantize(name='hq'), keras.layers.Dense(3, name='plain')])
+    assert [layer.name for layer in all_layers(model)] == ['hq', 'plain']
+
+
+def _dense_model(kernel):
+    model = keras.Sequential([keras.Input((2,)), HQuantize(name='hq'), HDense(2, name='dense')])
+    dense = model.get_layer('dense')
+    dense.kernel_quantizer.f.assign(np.full((2, 2), 3.0, np.float32))
+    dense.bias_quantizer.f.assign(np.full((2,), 3.0, np.float32))
+    dense.kernel.assign(np.asarray(kernel, np.float32))
+    dense.bias.assign(np.zeros(2, np.float32))
+    return model
+
+
+def test_ebops_are_exact_by_default():
+    """Weights 0.5 at f = 3: 1 significant bit each (exact), ``msb + 1 + f = 3`` in the training-time estimate."""
+    model = _dense_model([[0.5, 0.5], [0.5, -0.5]])
+    exact, estimate = layer_ebops(model, exact=True), layer_ebops(model, exact=False)
+    assert estimate['dense'] == 3 * exact['dense'] > 0
+    assert layer_ebops(model) == exact
+    assert ebops(model) == exact['dense'] and ebops(model, exact=False) == estimate['dense']
+
+
+def test_a_layer_whose_weights_all_round_to_zero_is_listed_with_zero_ebops():
+    model = _dense_model(np.zeros((2, 2)))
+    assert layer_ebops(model) == {'dense': 0.0}
+    assert ebops(model) == 0.0 and isinstance(ebops(model), float)
+
+
+def test_one_non_finite_weight_makes_the_layer_non_finite():
+    model = _dense_model([[0.5, np.nan], [0.5, -0.5]])
+    dense = model.get_layer('dense')
+    assert not holds_finite_values(dense) and holds_finite_values(model.get_layer('hq'))
+    assert math.isnan(layer_ebops(model)['dense'])
+    with pytest.warns(RuntimeWarning, match=r"layers \['dense'\]"):
+        assert math.isnan(ebops(model))
+
+
+def test_ebops_of_an_unbuilt_model_names_it():
+    model = keras.Sequential([HQuantize(), HDense(2)], name='unbuilt')
+    with pytest.raises(ValueError, match="model 'unbuilt' is not built"):
+        layer_ebops(model)
+    assert hgq.ebops is ebops

@@ -4,8 +4,11 @@ EBOPs count ``bits(a) * bits(w)`` per multiplication. In distributed arithmetic 
 ``distributed_arithmetic`` strategy build) every multiplication by a constant becomes shifted additions, and the
 LUTs also pay for what EBOPs ignore: one adder input per non-zero weight (as wide as the activation), the growth of
 the partial sums by the width of the weight, and the requantization (rounding, ``relu``, wrap/saturation) of every
-activation. :func:`cost_terms` counts these from the model, the same way as EBOPs (kernel layers through their own
-linear operation, so convolutions count every output position, as the fully parallel logic does):
+activation, and the comparators of max pooling. :func:`cost_terms` counts these from the model, the same way as
+EBOPs (kernel layers through their own linear operation, so convolutions count every output position, as the fully
+parallel logic does), but only for the logic that reaches an output: synthesis removes what does not (a
+convolution position that a ``valid`` pooling window leaves out, a channel whose next-layer weights are all zero,
+an element the next quantizer gives 0 bits), so the terms leave it out too (:func:`live_masks`).
 
 =================  ======================================================================================
 term               per kernel layer (``nz``: 1 where the quantized weight or the activation is non-zero)
@@ -14,6 +17,7 @@ term               per kernel layer (``nz``: 1 where the quantized weight or the
 ``adder_bits``     ``sum op(bits(a), nz(w))``: width of the addends, one per non-zero weight
 ``weight_bits``    ``sum op(nz(a), bits(w))``: growth of the partial sums by the weights' spans
 ``act_bits``       ``sum bits(a)`` over every activation quantizer but the model input's: requantization
+``pool_bits``      ``sum bits(a)`` over every window of a max pooling layer: its comparators and multiplexers
 =================  ======================================================================================
 
 :data:`LUT_COEFFICIENTS` (fitted by ``benchmarks/fit_cost.py`` on trained models synthesized with yosys, no
@@ -39,16 +43,29 @@ import numpy as np
 from keras import ops
 
 from hgq.ebops import all_layers, h_layers
+from hgq.layers.activation import HActivation
 from hgq.layers.base import HLayer
+from hgq.layers.batchnorm import HBatchNormalization
+from hgq.layers.conv import HConv
 from hgq.layers.kernel import HKernelLayer
+from hgq.layers.pooling import HGlobalAveragePooling, HPooling
+from hgq.layers.quantize import HQuantize
+from hgq.layers.windows import sliding_windows
 
 __all__ = ['COST_TERMS', 'LUT_COEFFICIENTS', 'cost_terms', 'lut_estimate', 'lut_cost', 'LUTPenalty', 'LUTLogger']
+__all__ += ['live_masks']
 
-COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits')
+COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits', 'pool_bits')
 
 #: LUTs per unit of each term: fitted by ``benchmarks/fit_cost.py`` against yosys ``synth_xilinx -family xcup``
 #: (see benchmarks/README.md for the models and the errors).
-LUT_COEFFICIENTS: dict[str, float] = {'ebops': 0.3521, 'adder_bits': 0.2817, 'weight_bits': 1.0899, 'act_bits': 0.0}
+LUT_COEFFICIENTS: dict[str, float] = {
+    'ebops': 0.3849,
+    'adder_bits': 0.4462,
+    'weight_bits': 0.6998,
+    'act_bits': 0.0,
+    'pool_bits': 1.6824,
+}
 
 
 def _input_quantizers(model: keras.Model) -> set[int]:
@@ -70,21 +87,156 @@ def _input_quantizers(model: keras.Model) -> set[int]:
     return ids
 
 
-def _kernel_terms(layer: HKernelLayer, exact: bool) -> dict[str, Any]:
-    kernel = layer.float_kernel_and_bias()[0]
-    if exact:
-        bits_in = layer.input_bits_exact().astype(np.float64)[None]
-        bits_w = layer.kernel_quantizer.exact_bits(kernel).astype(np.float64)
+# -- dead logic: which elements reach an output -----------------------------------------------------------------------
+
+_ELEMENTWISE = (HQuantize, HActivation, HBatchNormalization, keras.layers.Dropout, keras.layers.ReLU)
+_ELEMENTWISE += (keras.layers.Activation,)
+
+
+def _chain(model: keras.Model) -> list[keras.layers.Layer] | None:
+    """The model's layers if each reads the output of the one before (the first the model input), else None."""
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if not layers or any(isinstance(layer, keras.Model) for layer in layers):
+        return None
+    if isinstance(model, keras.Sequential):
+        return layers
+    try:
+        if len(model.inputs) != 1 or len(model.outputs) != 1 or layers[-1].output is not model.outputs[0]:
+            return None
+        if any(layer.input is not before.output for before, layer in zip(layers, layers[1:], strict=False)):
+            return None
+    except (AttributeError, ValueError):  # a subclassed model: no symbolic graph
+        return None
+    return layers
+
+
+def _per_sample(tensor: Any) -> tuple[int, ...]:
+    return tuple(int(d) for d in tensor.shape[1:])
+
+
+def _window_edges(layer: HConv | HPooling, in_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (output position, kernel offset, input position) pair of a windowed layer, as flat indices."""
+    rank = layer.rank
+    kernel = layer.kernel_size if isinstance(layer, HConv) else layer.pool_size
+    _, windows = sliding_windows(in_shape[:rank], kernel, layer.strides, layer.padding)
+    edges = [
+        (n, offset, int(np.ravel_multi_index(pos, in_shape[:rank])))
+        for n, (_, positions, offsets) in enumerate(windows)
+        for pos, offset in zip(positions, offsets, strict=True)
+    ]
+    return tuple(np.array(column, dtype=np.int64) for column in zip(*edges, strict=True))  # type: ignore[return-value]
+
+
+def _used_inputs(layer: keras.layers.Layer, live: Any, bits_w: Any) -> Any:
+    """1 where an input element of ``layer`` reaches a live output element (its own bitwidth aside), else 0.
+
+    ``None`` for a layer this analysis does not follow (everything before it then counts as live).
+    """
+    in_shape = _per_sample(layer.input)
+    if isinstance(layer, keras.layers.Flatten | keras.layers.Reshape):
+        return ops.reshape(live, in_shape)
+    if isinstance(layer, _ELEMENTWISE):
+        return live
+    if isinstance(layer, HGlobalAveragePooling):
+        return ops.broadcast_to(ops.reshape(live, (in_shape[-1],)), in_shape)
+    if isinstance(layer, HKernelLayer) and not isinstance(layer, HConv):
+        used = ops.matmul(live, ops.transpose(_nonzero(bits_w)))
+    elif isinstance(layer, HConv | HPooling):
+        out_index, offset, in_index = _window_edges(layer, in_shape)
+        flat = ops.reshape(live, (-1, in_shape[-1] if isinstance(layer, HPooling) else layer.filters))
+        if isinstance(layer, HConv):  # output position x offset -> input channel, through non-zero weights
+            nz_w = ops.reshape(_nonzero(bits_w), (-1, in_shape[-1], layer.filters))
+            flat = ops.reshape(ops.einsum('po,kco->pkc', flat, nz_w), (-1, in_shape[-1]))
+            gathered = ops.take(flat, out_index * int(nz_w.shape[0]) + offset, axis=0)
+        else:
+            gathered = ops.take(flat, out_index, axis=0)
+        n_positions = int(np.prod(in_shape[:-1]))
+        used = ops.reshape(ops.segment_sum(gathered, in_index, num_segments=n_positions), in_shape)
     else:
-        bits_in = ops.expand_dims(layer.input_quantizer.bits(), 0)
-        bits_w = layer.kernel_quantizer.bits(kernel)
+        return None
+    return _nonzero(used)
+
+
+def _nonzero(x: Any) -> Any:
+    """1.0 where ``x > 0``, else 0.0, without gradient (a mask)."""
+    return ops.stop_gradient(ops.cast(ops.greater(x, 0), 'float32'))
+
+
+def _kernel_bits(layer: HKernelLayer, exact: bool) -> Any:
+    kernel = layer.float_kernel_and_bias()[0]
+    return (
+        layer.kernel_quantizer.exact_bits(kernel).astype(np.float32) if exact else layer.kernel_quantizer.bits(kernel)
+    )
+
+
+def _input_bits(layer: HLayer, quantizer: Any, exact: bool) -> Any:
+    return layer.input_bits_exact(quantizer).astype(np.float32) if exact else quantizer.bits()
+
+
+def _live_masks(model: keras.Model, exact: bool) -> dict[int, tuple[Any, Any]]:
+    """Per layer id: (live output elements, used input elements) as 0/1 maps of the per-sample shapes."""
+    layers = _chain(model)
+    if layers is None:
+        return {}
+    masks: dict[int, tuple[Any, Any]] = {}
+    live = ops.ones(_per_sample(layers[-1].output))
+    for layer in reversed(layers):
+        bits_w = _kernel_bits(layer, exact) if isinstance(layer, HKernelLayer) else None
+        used = _used_inputs(layer, live, bits_w)
+        if used is None:
+            break
+        masks[id(layer)] = (live, used)
+        live = used
+        if isinstance(layer, HLayer) and len(layer.activation_quantizers) == 1:
+            live = used * _nonzero(_input_bits(layer, layer.input_quantizer, exact))
+    return masks
+
+
+def live_masks(model: keras.Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Which elements of each layer reach a model output: ``{layer name: (live outputs, used inputs)}``.
+
+    An output element is live if some model output depends on it: through a non-zero quantized weight, a window
+    of a convolution or pooling, and quantizers that give it at least one bit. ``used inputs`` are the input
+    elements a live output reads (before the layer's own input quantizer). Followed for models whose layers form
+    one chain (Sequential and chain-shaped functional models) back to the first layer it cannot follow
+    (merges, softmax, custom layers); layers before that, and models of other shapes, are missing from the
+    result: all their logic counts as live.
+
+    Examples
+    --------
+    >>> live, used = live_masks(model)['h_conv2d']   # doctest: +SKIP
+    >>> live.shape, used.shape                       # doctest: +SKIP
+    ((13, 13, 4), (28, 28, 1))
+    """
+    names = {id(layer): layer.name for layer in all_layers(model)}
+    return {
+        names[key]: (ops.convert_to_numpy(live).astype(bool), ops.convert_to_numpy(used).astype(bool))
+        for key, (live, used) in _live_masks(model, exact=True).items()
+    }
+
+
+# -- the terms --------------------------------------------------------------------------------------------------------
+
+
+def _kernel_terms(layer: HKernelLayer, exact: bool, live: Any) -> dict[str, Any]:
+    bits_in = ops.expand_dims(_input_bits(layer, layer.input_quantizer, exact), 0)
+    bits_w = _kernel_bits(layer, exact)
     # 1 where non-zero: exact on integer bit counts; the straight-through rounding passes gradients to bits >= 0
     nz_in, nz_w = ops.clip(bits_in, 0.0, 1.0), ops.clip(bits_w, 0.0, 1.0)
     return {
-        'ebops': ops.sum(layer.apply_kernel(bits_in, bits_w)),
-        'adder_bits': ops.sum(layer.apply_kernel(bits_in, nz_w)),
-        'weight_bits': ops.sum(layer.apply_kernel(nz_in, bits_w)),
+        'ebops': ops.sum(layer.apply_kernel(bits_in, bits_w) * live),
+        'adder_bits': ops.sum(layer.apply_kernel(bits_in, nz_w) * live),
+        'weight_bits': ops.sum(layer.apply_kernel(nz_in, bits_w) * live),
     }
+
+
+def _pool_bits(layer: HPooling, exact: bool, live: Any) -> Any:
+    """Sum of the input widths over every live window of a max pooling layer (its comparators)."""
+    in_shape = _per_sample(layer.input)
+    out_index, _, in_index = _window_edges(layer, in_shape)
+    bits = ops.reshape(ops.broadcast_to(_input_bits(layer, layer.input_quantizer, exact), in_shape), (-1, in_shape[-1]))
+    live = ops.reshape(ops.broadcast_to(live, _per_sample(layer.output)), (-1, in_shape[-1]))
+    return ops.sum(ops.take(bits, in_index, axis=0) * ops.take(live, out_index, axis=0))
 
 
 def _terms(model: keras.Model, exact: bool) -> dict[str, Any]:
@@ -92,18 +244,22 @@ def _terms(model: keras.Model, exact: bool) -> dict[str, Any]:
         raise ValueError(f'model {model.name!r} is not built; call it on data or give it an Input first')
     totals: dict[str, Any] = dict.fromkeys(COST_TERMS, 0.0)
     skip = _input_quantizers(model)
+    masks = _live_masks(model, exact)
     for layer in all_layers(model):
         if not isinstance(layer, HLayer):
             continue
+        live, used = masks.get(id(layer), (1.0, 1.0))
         if isinstance(layer, HKernelLayer):
-            for name, value in _kernel_terms(layer, exact).items():
+            batch_live = ops.expand_dims(live, 0) if id(layer) in masks else 1.0
+            for name, value in _kernel_terms(layer, exact, batch_live).items():
                 totals[name] = totals[name] + value
         else:
             totals['ebops'] = totals['ebops'] + (layer.exact_ebops() if exact else layer.ebops())
+        if isinstance(layer, HPooling) and layer.mode == 'max':
+            totals['pool_bits'] = totals['pool_bits'] + _pool_bits(layer, exact, live)
         for q in layer.activation_quantizers:
             if id(q) not in skip:
-                bits = layer.input_bits_exact(q).astype(np.float64) if exact else q.bits()
-                totals['act_bits'] = totals['act_bits'] + ops.sum(bits)
+                totals['act_bits'] = totals['act_bits'] + ops.sum(_input_bits(layer, q, exact) * used)
     return totals
 
 

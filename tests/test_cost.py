@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 import hgq
-from hgq.cost import COST_TERMS, LUT_COEFFICIENTS, LUTPenalty, cost_terms, lut_cost, lut_estimate
-from hgq.layers import HConv1D, HDense, HQuantize
+from hgq.cost import COST_TERMS, LUT_COEFFICIENTS, LUTPenalty, cost_terms, live_masks, lut_cost, lut_estimate
+from hgq.layers import HConv1D, HConv2D, HDense, HMaxPooling2D, HQuantize
 
 
 def _two_layer_model() -> keras.Model:
@@ -32,12 +32,14 @@ def test_terms_counted_by_hand() -> None:
     hidden_bits = model.layers[1].input_bits_exact()
     assert hidden_bits[0] > 0
     terms = cost_terms(model)
-    # layer 1: bits(a) = (3, 3), bits(w) = [[2, 0], [1, 1]]; layer 2: bits(a) = hidden_bits, bits(w) = (3, 0)
-    ebops = 3 * 2 + 3 * 1 + 3 * 1 + hidden_bits[0] * 3
-    adder = 3 * 1 + 3 * 1 + 3 * 1 + hidden_bits[0] * 1
-    weight = 2 + 1 + 1 + 3
-    assert terms == {'ebops': ebops, 'adder_bits': adder, 'weight_bits': weight, 'act_bits': hidden_bits.sum()}
-    assert terms['ebops'] == hgq.ebops(model)
+    # layer 1: bits(a) = (3, 3), bits(w) = [[2, 0], [1, 1]]; layer 2: bits(a) = hidden_bits, bits(w) = (3, 0).
+    # Hidden unit 1 reaches the output through a zero weight only: its logic (3 x 1 bits) is dead and not counted.
+    ebops = 3 * 2 + 3 * 1 + hidden_bits[0] * 3
+    adder = 3 * 1 + 3 * 1 + hidden_bits[0] * 1
+    weight = 2 + 1 + 3
+    expected = {'ebops': ebops, 'adder_bits': adder, 'weight_bits': weight, 'act_bits': hidden_bits[0], 'pool_bits': 0}
+    assert terms == expected
+    assert terms['ebops'] == hgq.ebops(model) - 3 * 1
 
 
 def test_convolution_terms_count_every_output_position() -> None:
@@ -47,6 +49,52 @@ def test_convolution_terms_count_every_output_position() -> None:
     assert positions == 6
     # EBOPs count one multiplier array reused over the positions; the fully parallel logic has all of them
     assert cost_terms(model)['ebops'] == pytest.approx(hgq.ebops(model) * positions)
+
+
+def _conv_pool_model() -> keras.Model:
+    """1x1 conv on 5x5 -> 2x2 max pooling ('valid': row and column 4 of the conv output are never read) -> dense."""
+    model = keras.Sequential([
+        keras.Input((5, 5, 1)),
+        HQuantize(),
+        HConv2D(2, 1),
+        HMaxPooling2D(2),
+        keras.layers.Flatten(),
+        HDense(1),
+    ])  # fmt: skip
+    model.layers[1].kernel.assign(np.array([0.75, -0.5], dtype='float32').reshape(1, 1, 1, 2))
+    model.layers[4].kernel.assign(np.full((8, 1), 0.5, dtype='float32'))
+    # fractional bits down to each weight's lowest set bit: the trainable width equals the value's span
+    model.layers[1].kernel_quantizer.f.assign(np.array([2.0, 1.0], dtype='float32').reshape(1, 1, 1, 2))
+    model.layers[4].kernel_quantizer.f.assign(np.ones((8, 1), dtype='float32'))
+    hgq.calibrate(model, np.random.default_rng(0).normal(size=(512, 5, 5, 1)).astype('float32'))
+    return model
+
+
+def test_dead_conv_positions_are_left_out_and_pooling_comparators_counted() -> None:
+    model = _conv_pool_model()
+    conv, pool = model.layers[1], model.layers[2]
+    live, used = live_masks(model)[conv.name]
+    assert live.shape == (5, 5, 2) and not live[4].any() and not live[:, 4].any() and live[:4, :4].all()
+    bits_in = conv.input_bits_exact()[..., 0]  # (5, 5)
+    assert np.all(bits_in > 0)
+    terms = cost_terms(model)
+    conv_ebops = bits_in[:4, :4].sum() * (2 + 1)  # weights 0.75 (2 bits) and -0.5 (1 bit) at the 16 live positions
+    dense_ebops = float(np.sum(model.layers[4].input_bits_exact()) * 1)  # weights 0.5: 1 bit each
+    assert terms['ebops'] == pytest.approx(conv_ebops + dense_ebops)
+    assert terms['pool_bits'] == pytest.approx(np.sum(pool.input_bits_exact()[:4, :4]))
+
+
+def test_differentiable_cost_equals_the_estimate_after_calibration_and_trains_a_cnn() -> None:
+    model = _conv_pool_model()
+    for coefficients in (None, dict.fromkeys(COST_TERMS, 1.0)):
+        assert float(lut_cost(model, coefficients)) == pytest.approx(lut_estimate(model, coefficients), rel=1e-6)
+    x = np.random.default_rng(1).normal(size=(256, 5, 5, 1)).astype('float32')
+    model.compile(keras.optimizers.Adam(1e-2), LUTPenalty('mse', model, 1e-3))  # compiled: masks as tensor ops
+    history = model.fit(x, np.zeros((256, 1)), epochs=2, batch_size=64, verbose=0)
+    assert np.all(np.isfinite(history.history['loss']))
+    hgq.calibrate(model, x)
+    # trained weights may not use their lowest fractional bit: the trainable width bounds the span from above
+    assert float(lut_cost(model)) >= lut_estimate(model) * (1 - 1e-6) > 0
 
 
 def test_estimate_is_the_weighted_sum_without_intercept() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import product
 from typing import Any
 
 import keras
@@ -46,6 +45,7 @@ from hgq.layers import (
 from hgq.layers.conv import HConv
 from hgq.layers.dense import HDense
 from hgq.layers.pooling import HGlobalAveragePooling, HPooling
+from hgq.layers.windows import sliding_windows
 from hgq.quantizer import ActivationQuantizer
 
 __all__ = ['TraceError', 'TracedModel', 'trace_model', 'SUPPORTED_LAYERS']
@@ -162,40 +162,12 @@ class _ModelInput(FixedVariableArrayInput):
 # -- windows (convolution and pooling) ------------------------------------------------------------------------------
 
 
-def _window_starts(size: int, kernel: int, stride: int, padding: str) -> list[int]:
-    """First input index of every window along one axis (negative: the window starts in the padding)."""
-    if padding == 'same':
-        n_out = -(-size // stride)
-        pad_before = max((n_out - 1) * stride + kernel - size, 0) // 2
-    else:
-        n_out, pad_before = (size - kernel) // stride + 1, 0
-    return [o * stride - pad_before for o in range(n_out)]
-
-
-def _windows(
-    spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], padding: str
-) -> tuple[tuple[int, ...], list[tuple[tuple[int, ...], list[tuple[int, ...]], list[int]]]]:
-    """Output spatial shape and, per output position, the valid input positions and their flat kernel offsets."""
-    starts = [_window_starts(s, k, st, padding) for s, k, st in zip(spatial, kernel, strides, strict=True)]
-    out_shape = tuple(len(s) for s in starts)
-    result = []
-    for out_pos in product(*(range(n) for n in out_shape)):
-        positions, offsets = [], []
-        for offset, delta in enumerate(product(*(range(k) for k in kernel))):
-            pos = tuple(starts[a][out_pos[a]] + delta[a] for a in range(len(spatial)))
-            if all(0 <= p < s for p, s in zip(pos, spatial, strict=True)):
-                positions.append(pos)
-                offsets.append(offset)
-        result.append((out_pos, positions, offsets))
-    return out_shape, result
-
-
 def _conv(x: FixedVariableArray, kernel: np.ndarray, strides: Sequence[int], padding: str) -> FixedVariableArray:
     """Convolution (channels last) as one constant-matrix-vector product per output position."""
     rank = kernel.ndim - 2
     n_cin, n_cout = kernel.shape[-2:]
     flat_kernel = kernel.reshape(-1, n_cin, n_cout)
-    out_shape, windows = _windows(x.shape[:rank], kernel.shape[:rank], strides, padding)
+    out_shape, windows = sliding_windows(x.shape[:rank], kernel.shape[:rank], strides, padding)
     out = np.empty((*out_shape, n_cout), dtype=object)
     for out_pos, positions, offsets in windows:
         patch = np.stack([x._vars[pos] for pos in positions]).reshape(-1)
@@ -206,7 +178,7 @@ def _conv(x: FixedVariableArray, kernel: np.ndarray, strides: Sequence[int], pad
 
 def _pool(x: FixedVariableArray, layer: HPooling) -> FixedVariableArray:
     rank = layer.rank
-    out_shape, windows = _windows(x.shape[:rank], layer.pool_size, layer.strides, layer.padding)
+    out_shape, windows = sliding_windows(x.shape[:rank], layer.pool_size, layer.strides, layer.padding)
     out = np.empty((*out_shape, x.shape[-1]), dtype=object)
     n = math.prod(layer.pool_size)
     for out_pos, positions, _ in windows:

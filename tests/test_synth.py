@@ -251,6 +251,7 @@ def test_missing_yosys_says_how_to_install_it(mlp_result, tmp_path: Path, monkey
         hgq.synth(model, tmp_path / 'out', check=False, verbose=False)
     with pytest.raises(rtl.ToolNotFoundError, match='apt-get install iverilog'):
         hgq.synth(model, tmp_path / 'out', run_yosys=False, verbose=False)
+    assert not (tmp_path / 'out').exists()  # refused before anything was written
 
 
 def test_report_shows_synth_json(mlp_result, capsys: pytest.CaptureFixture) -> None:

@@ -307,19 +307,22 @@ class BetaTarget(keras.callbacks.Callback):
 
 
 class SettleBits(keras.callbacks.Callback):
-    """Freeze every bitwidth for the last ``epochs`` epochs of training, so that the weights adapt to them.
+    """Freeze the activation bitwidths for the last ``epochs`` epochs of training, so that the weights adapt to them.
 
     Under a large ``beta`` the bitwidths never come to rest: ``beta`` pushes every one down and the loss pushes
-    back, so at any step some have just lost a bit that the weights have not yet adapted to, and the last step's
-    model is less accurate than its EBOPs allow. Holding the bitwidths (the ``f`` variables of every quantizer,
-    see :meth:`hgq.quantizer.ActivationQuantizer.set_bits_pace`) for the final epochs lets the weights catch up;
-    EBOPs then change only where weights round to zero or cross a power of two, and where tracked ranges move.
-    The configured pace is restored when training ends.
+    back, so at any step some activation elements have just lost a bit (or been pruned) and the weights have not
+    yet adapted, and the last step's model is less accurate than its EBOPs allow. Holding the activation
+    bitwidths (see :meth:`hgq.quantizer.ActivationQuantizer.set_bits_pace`) for the final epochs lets the
+    weights catch up. Weight bitwidths keep learning by default: frozen, they would let weights that round to
+    zero grow back without ``beta`` pushing them down again (EBOPs creep up, measured on digits); ``weights=True``
+    freezes them too. The configured pace is restored when training ends.
 
     Parameters
     ----------
     epochs : int
         Number of final epochs (of the ``epochs`` given to ``fit``) with frozen bitwidths; 0 freezes nothing.
+    weights : bool
+        Also freeze the bitwidths of the weight quantizers (kernels, biases).
 
     Logs ``ebops``.
 
@@ -327,18 +330,20 @@ class SettleBits(keras.callbacks.Callback):
     --------
     >>> import hgq
     >>> settle = hgq.callbacks.SettleBits(10)
-    >>> # model.fit(x, y, epochs=60, callbacks=[settle])  # bitwidths learn in epochs 0-49, weights only in 50-59
+    >>> # model.fit(x, y, epochs=60, callbacks=[settle])  # activation bits learn in epochs 0-49 only
     """
 
-    def __init__(self, epochs: int) -> None:
+    def __init__(self, epochs: int, weights: bool = False) -> None:
         super().__init__()
         if not (isinstance(epochs, int) and epochs >= 0):
             raise ValueError(f'SettleBits: epochs must be an int >= 0, got {epochs!r}')
         self.epochs = epochs
+        self.weights = bool(weights)
 
     def _set_pace(self, factor: float) -> None:
         for layer in h_layers(self.model):
-            for quantizer in layer.quantizers:
+            quantizers = layer.quantizers if self.weights else layer.activation_quantizers
+            for quantizer in quantizers:
                 quantizer.set_bits_pace(factor)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:

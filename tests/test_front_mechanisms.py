@@ -225,15 +225,16 @@ def test_beta_target_ends_within_5_percent_of_the_target_on_digits():
 
 
 class _Snapshots(keras.callbacks.Callback):
-    """Every quantizer's ``f`` and every kernel at the start of each epoch and at the end of training."""
+    """``f`` of the activation and of the weight quantizers, and every kernel, at each epoch start and at the end."""
 
     def __init__(self):
         super().__init__()
-        self.f, self.kernels = [], []
+        self.act, self.weight, self.kernels = [], [], []
 
     def _take(self):
         layers = list(h_layers(self.model))
-        self.f.append([q.f.numpy().copy() for layer in layers for q in layer.quantizers])
+        self.act.append([q.f.numpy().copy() for layer in layers for q in layer.activation_quantizers])
+        self.weight.append([q.f.numpy().copy() for layer in layers for q in layer.weight_quantizers])
         self.kernels.append([layer.kernel.numpy().copy() for layer in layers if hasattr(layer, 'kernel')])
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -243,14 +244,21 @@ class _Snapshots(keras.callbacks.Callback):
         self._take()
 
 
-def test_settle_bits_freezes_every_bitwidth_for_the_last_epochs_and_restores_the_pace(digits):
+def _moved(snapshots):
+    """Per epoch: did any of the arrays change?"""
+    return [not all(np.array_equal(a, b) for a, b in zip(s0, s1, strict=True)) for s0, s1 in pairwise(snapshots)]
+
+
+@pytest.mark.parametrize('weights', [False, True], ids=['activations', 'all'])
+def test_settle_bits_freezes_bitwidths_for_the_last_epochs_and_restores_the_pace(digits, weights):
     x, y = digits
     model = _mlp(3e-4)
     snapshots = _Snapshots()
-    model.fit(x, y, epochs=5, batch_size=64, verbose=0, callbacks=[hgq.callbacks.SettleBits(2), snapshots])
-    moved = [not all(np.array_equal(a, b) for a, b in zip(f0, f1, strict=True)) for f0, f1 in pairwise(snapshots.f)]
-    assert moved == [True, True, True, False, False]  # epochs 0-2 learn bits, epochs 3-4 hold them
-    assert not any(np.array_equal(a, b) for a, b in zip(*snapshots.kernels[-2:], strict=True))  # weights learn
+    settle = hgq.callbacks.SettleBits(2, weights=weights)
+    model.fit(x, y, epochs=5, batch_size=64, verbose=0, callbacks=[settle, snapshots])
+    assert _moved(snapshots.act) == [True, True, True, False, False]  # epochs 0-2 learn bits, epochs 3-4 hold them
+    assert _moved(snapshots.weight) == [True, True, True, not weights, not weights]
+    assert _moved(snapshots.kernels) == [True] * 5  # weights learn throughout
     before = [q.f.numpy().copy() for layer in h_layers(model) for q in layer.quantizers]
     model.fit(x, y, epochs=1, batch_size=64, verbose=0)
     after = [q.f.numpy() for layer in h_layers(model) for q in layer.quantizers]

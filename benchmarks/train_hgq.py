@@ -13,8 +13,8 @@ as users do:
   accuracy on the training set (evaluated in inference mode after each epoch) and EBOPs; every checkpoint of the
   front is dumped. Checkpoints are chosen on training data, never on the test set.
 
-Both end with :class:`hgq.callbacks.SettleBits`: the bitwidths are frozen for the last ``--settle`` epochs
-(default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats.
+Both end with :class:`hgq.callbacks.SettleBits`: the activation bitwidths are frozen for the last ``--settle``
+epochs (default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats.
 
 After training, ``hgq.calibrate`` sets the exact integer bits from the training set; the dump holds the quantized
 kernels and the width ``k + i + f`` of every input element of each ``HDense`` (its input quantizer after
@@ -34,7 +34,7 @@ from bench_common import BETAS, dump_path, save_dump, seed_everything, sweep_par
 import hgq
 from hgq.layers import HDense, HQuantize
 
-# Final epochs with frozen bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run.
+# Final epochs with frozen activation bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run.
 SETTLE_EPOCHS = {'digits': 12, 'fashion_mnist': 3}
 
 
@@ -202,7 +202,9 @@ def main() -> None:
     parser.add_argument('--betas', type=float, nargs='*', default=list(BETAS))
     parser.add_argument('--ramps', type=parse_ramp, nargs='*', default=[], help='log beta ramps START:END')
     parser.add_argument('--no-float', action='store_true', help='skip the float32 reference')
-    parser.add_argument('--settle', type=int, default=None, help='final epochs with frozen bitwidths (SettleBits)')
+    parser.add_argument(
+        '--settle', type=int, default=None, help='final epochs with frozen activation bitwidths (SettleBits)'
+    )
     args = parser.parse_args()
     settings, data = sweep_settings(args)
     settle = SETTLE_EPOCHS[args.dataset] if args.settle is None else args.settle

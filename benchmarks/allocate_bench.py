@@ -3,8 +3,14 @@ benchmark MLPs, next to the trained tools of ``compare.py``.
 
 For every seed the float32 reference MLP of ``train_hgq.py`` is trained (same settings, same seeding; cached in
 ``work/float_models/``), then every method allocates bits to it at every budget; each result is calibrated on the
-training set, tested, and its EBOPs counted with the common counter of ``bench_common.py``. Allocation time is the
-wall time of ``hgq.allocate.allocate`` (2 shared CPU cores).
+training set, tested, and its EBOPs counted with the common counter of ``bench_common.py``.
+
+Allocation time is that of ``hgq.allocate.allocate`` up to the calibrated allocation (building the H-model, range
+observation over the whole training set, sensitivities, the integer programs and attempts, the final
+``hgq.calibrate``), without the optional fine-tuning, which is timed apart. The machine has 2 CPU cores shared with
+other jobs, so wall times are inflated by the load; every run records process CPU seconds and the load average, and
+CPU seconds / min(2, threads) is what 2 idle cores would need if every second of it ran in parallel (the CPU seconds
+themselves bound the wall time of 2 idle cores from above: tracing and the integer program run on one core).
 
     python benchmarks/allocate_bench.py --dataset digits --seeds 0 1 2
     python benchmarks/allocate_bench.py --dataset fashion_mnist --seeds 0
@@ -15,6 +21,7 @@ Writes ``results/allocate_<dataset>.json``, ``.md`` and ``.png``.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import time
@@ -27,7 +34,7 @@ from train_hgq import accuracy, build_float, fit
 
 import hgq
 from hgq.allocate import InfeasibleBudgetError, allocate
-from hgq.layers import HDense
+from hgq.layers import HDense, HQuantize
 
 BUDGETS = {
     'digits': (1500, 2000, 3000, 4500, 7000, 11000, 20000),
@@ -40,6 +47,8 @@ METHODS = {
     'ompq': {'method': 'ompq'},
     'cluster': {'method': 'cluster'},
 }
+# threads TensorFlow computes with (its default: one per core)
+THREADS = os.cpu_count() or 1
 # budget of the models converted to HLS and checked in C simulation with --csim (first seed)
 CSIM_BUDGET = {'digits': 4500, 'fashion_mnist': 80000}
 UNBUDGETED = {
@@ -69,23 +78,50 @@ def common_ebops(model: keras.Model) -> float:
     )
 
 
+def overflow_inputs(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Test inputs plus inputs beyond the calibrated ranges: doubled, negated, and uniform in ``+-3 * max|x|``."""
+    rng = np.random.default_rng(seed)
+    wide = rng.uniform(-3, 3, size=x.shape).astype(x.dtype) * np.max(np.abs(x))
+    return np.concatenate([x, 2 * x, -x, wide])
+
+
+def beyond_input_range(h_model, x: np.ndarray) -> int:
+    """Samples with an input outside the calibrated range of the model's input quantizer (they wrap around)."""
+    quantizer = next(layer for layer in h_model.layers if isinstance(layer, HQuantize)).input_quantizer
+    k, i, f = quantizer.kif()
+    low, high = -k * 2.0**i, 2.0**i - 2.0**-f
+    return int(np.sum(np.any((x < low - 2.0 ** -(f + 1)) | (x > high + 2.0 ** -(f + 1)), axis=1)))
+
+
 def csim_check(h_model, data, out_dir: Path) -> dict:
-    """Convert to HLS (Vitis, io_parallel), compile the C simulation and compare with Keras on the test set and on
-    the test set doubled (values beyond the calibrated ranges wrap), value for value."""
+    """Convert to HLS (Vitis, io_parallel), compile the C simulation and compare it with Keras with
+    ``np.array_equal`` on the test set and on inputs beyond the calibrated ranges (:func:`overflow_inputs`: values
+    wrap in the input quantizer and overflow inside the model)."""
     from hgq.conversion import check_bit_exact
 
     start = time.perf_counter()
     hls_model = hgq.to_hls(h_model, out_dir, overwrite=True, backend='Vitis', io_type='io_parallel')
     hls_model.compile()
-    x = np.concatenate([data['x_test'], 2 * data['x_test']])
-    result, _ = check_bit_exact(h_model, hls_model, x)
-    print(f'  {result.describe()} ({time.perf_counter() - start:.0f} s)')
-    return {'csim_samples': result.n_samples, 'csim_mismatched_samples': result.mismatched_samples}
+    x = overflow_inputs(data['x_test'])
+    result, (hls_out,) = check_bit_exact(h_model, hls_model, x)
+    keras_out = np.asarray(h_model.predict(x, batch_size=4096, verbose=0), dtype=np.float64)
+    equal = bool(np.array_equal(keras_out, hls_out))
+    beyond = beyond_input_range(h_model, x)
+    print(
+        f'  {result.describe()}; np.array_equal: {equal}; {beyond} of {len(x)} samples beyond the calibrated '
+        f'input range ({time.perf_counter() - start:.0f} s)'
+    )
+    return {
+        'csim_samples': result.n_samples,
+        'csim_mismatched_samples': result.mismatched_samples,
+        'csim_array_equal': equal,
+        'csim_samples_beyond_input_range': beyond,
+    }
 
 
 def run_one(model, data, label, kwargs, budget, seed, csim_dir: Path | None = None) -> dict:
     row = {'series': label, 'budget': budget, 'seed': seed, **{k: v for k, v in kwargs.items() if k != 'bits'}}
-    start, cpu_start = time.perf_counter(), time.process_time()
+    load = os.getloadavg()[0]
     try:
         h_model, report = allocate(
             model,
@@ -103,8 +139,12 @@ def run_one(model, data, label, kwargs, budget, seed, csim_dir: Path | None = No
         return row
     row.update(
         infeasible=False,
-        allocate_seconds=time.perf_counter() - start,
-        allocate_cpu_seconds=time.process_time() - cpu_start,
+        allocate_seconds=report['allocate_time_s'],
+        allocate_cpu_seconds=report['allocate_cpu_s'],
+        finetune_seconds=report['finetune_time_s'],
+        finetune_cpu_seconds=report['finetune_cpu_s'],
+        load_average=max(load, os.getloadavg()[0]),
+        threads=THREADS,
         attempts=report['attempts'],
         own_ebops=hgq.ebops(h_model),
         ebops=common_ebops(h_model),
@@ -113,7 +153,8 @@ def run_one(model, data, label, kwargs, budget, seed, csim_dir: Path | None = No
     )
     print(
         f'{label} budget={budget} seed={seed}: acc {row["test_accuracy"]:.4f}, EBOPs {row["ebops"]:.0f}, '
-        f'{row["allocate_seconds"]:.1f} s'
+        f'allocation {row["allocate_seconds"]:.1f} s wall, {row["allocate_cpu_seconds"]:.1f} s CPU, '
+        f'load {row["load_average"]:.1f}'
     )
     if csim_dir is not None:
         row.update(csim_check(h_model, data, csim_dir))
@@ -130,6 +171,10 @@ def summarize(runs: list[dict]) -> list[dict]:
         acc = np.array([r['test_accuracy'] for r in rows])
         ebops = np.array([r['ebops'] for r in rows])
         secs = np.array([r['allocate_seconds'] for r in rows])
+        cpu = [r.get('allocate_cpu_seconds') for r in rows]
+        cpu = np.array(cpu, dtype=float) if all(c is not None for c in cpu) else None
+        loads = [r['load_average'] for r in rows if 'load_average' in r]
+        threads = min(2, max(r.get('threads', 2) for r in rows))
         out.append(
             {
                 'series': series,
@@ -141,11 +186,11 @@ def summarize(runs: list[dict]) -> list[dict]:
                 'ebops_max': float(ebops.max()),
                 'allocate_seconds_mean': float(secs.mean()),
                 'allocate_seconds_max': float(secs.max()),
-                'allocate_cpu_seconds_mean': (
-                    float(np.mean([r['allocate_cpu_seconds'] for r in rows]))
-                    if all('allocate_cpu_seconds' in r for r in rows)
-                    else None
-                ),
+                'allocate_cpu_seconds_mean': None if cpu is None else float(cpu.mean()),
+                'allocate_cpu_seconds_max': None if cpu is None else float(cpu.max()),
+                'allocate_cpu_per_core_max': None if cpu is None else float(cpu.max() / threads),
+                'finetune_seconds_mean': float(np.mean([r.get('finetune_seconds', 0.0) for r in rows])),
+                'load_average': [min(loads), max(loads)] if loads else None,
                 'within_budget': bool(budget is None or ebops.max() <= budget),
             }
         )
@@ -156,20 +201,29 @@ def write_markdown(path: Path, dataset: str, settings: list[dict], runs: list[di
     lines = [
         f'# Bit allocation without training: {dataset}',
         '',
-        f'Machine: {platform.machine()} Linux, 2 CPU cores shared with other jobs (wall times inflated; CPU s: '
-        'process CPU time). Float32 reference accuracy: '
+        f'Machine: {platform.machine()} Linux, 2 CPU cores shared with other jobs (wall times inflated by the load '
+        'average shown). Allocation: `allocate` up to the calibrated result, fine-tuning excluded (own column). '
+        'CPU: process CPU seconds; CPU / 2: what 2 idle cores need if it all ran in parallel (the CPU seconds bound '
+        'their wall time from above). Float32 reference accuracy: '
         f'{np.mean(float_acc):.4f} ± {np.std(float_acc):.4f} ({len(float_acc)} seeds).',
         '',
-        '| method | budget | seeds | accuracy | EBOPs (common) | max EBOPs | allocation s (mean / max) | CPU s |',
-        '|---|---|---|---|---|---|---|---|',
+        '| method | budget | seeds | accuracy | EBOPs (common) | max EBOPs | allocation wall s (mean / max) | '
+        'CPU s (mean / max) | max CPU / 2 | load | fine-tuning wall s |',
+        '|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for s in settings:
         budget = '-' if s['budget'] is None else f'{s["budget"]:.0f}'
-        cpu = '-' if s.get('allocate_cpu_seconds_mean') is None else f'{s["allocate_cpu_seconds_mean"]:.1f}'
+        cpu = cpu_half = '-'
+        if s.get('allocate_cpu_seconds_mean') is not None:
+            cpu = f'{s["allocate_cpu_seconds_mean"]:.1f} / {s.get("allocate_cpu_seconds_max", float("nan")):.1f}'
+        if s.get('allocate_cpu_per_core_max') is not None:
+            cpu_half = f'{s["allocate_cpu_per_core_max"]:.1f}'
+        load = '-' if not s.get('load_average') else f'{s["load_average"][0]:.0f}-{s["load_average"][1]:.0f}'
+        tune = f'{s["finetune_seconds_mean"]:.0f}' if s.get('finetune_seconds_mean') else '-'
         lines.append(
             f'| {s["series"]} | {budget} | {len(s["seeds"])} | {s["accuracy_mean"]:.4f} ± {s["accuracy_std"]:.4f} | '
             f'{s["ebops_mean"]:.0f} | {s["ebops_max"]:.0f} | {s["allocate_seconds_mean"]:.1f} / '
-            f'{s["allocate_seconds_max"]:.1f} | {cpu} |'
+            f'{s["allocate_seconds_max"]:.1f} | {cpu} | {cpu_half} | {load} | {tune} |'
         )
     infeasible: dict[str, list[dict]] = {}
     for r in runs:
@@ -186,11 +240,18 @@ def write_markdown(path: Path, dataset: str, settings: list[dict], runs: list[di
     if checked:
         lines += [
             '',
-            'C simulation (hls4ml, Vitis, io_parallel) against Keras on the test set and the test set doubled:',
+            'C simulation (hls4ml, Vitis, io_parallel) against Keras, value for value, on the test set and inputs '
+            'beyond the calibrated ranges:',
         ]
         lines += [
             f'- {r["series"]} (budget {r["budget"]}, seed {r["seed"]}): {r["csim_mismatched_samples"]} of '
             f'{r["csim_samples"]} samples differ'
+            + (
+                f' (test set, doubled, negated, uniform in +-3 max|x|; np.array_equal: {r["csim_array_equal"]}; '
+                f'{r["csim_samples_beyond_input_range"]} samples beyond the calibrated input range)'
+                if 'csim_array_equal' in r
+                else ' (test set and the test set doubled)'
+            )
             for r in checked
         ]
     path.write_text('\n'.join(lines) + '\n')

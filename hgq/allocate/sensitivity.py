@@ -14,7 +14,7 @@ from keras import ops
 from hgq.allocate.numerics import hutchinson_diagonal
 from hgq.layers.base import HLayer
 
-__all__ = ['make_loss', 'loss_evaluator', 'hessian_diagonals', 'layer_tensors']
+__all__ = ['make_loss', 'LossProbe', 'layer_tensors']
 
 LossFn = Callable[[Any, Any], Any]
 
@@ -38,55 +38,82 @@ def make_loss(y: np.ndarray, outputs: np.ndarray) -> LossFn:
     )
 
 
-def loss_evaluator(model: keras.Model, loss: LossFn, x: np.ndarray, y: np.ndarray) -> Callable[[], float]:
-    """A function giving the loss of the model in inference mode on one batch, with the current variable values.
+class LossProbe:
+    """The loss of a model on one batch in inference mode, and Hessian-vector products of it, from one graph.
 
-    Compiled once (TensorFlow backend), so that re-evaluating after changing a format costs one forward pass.
+    TensorFlow backend: one compiled function returns the loss and the product of its Hessian with respect to
+    ``variables`` with a vector (by double back-propagation), so it is traced once for both; the loss alone is that
+    function at the zero vector. Quantizers pass gradients straight through, so on a model with wide formats the
+    Hessian is that of the float model. Other backends: the loss only, eagerly.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model; the function reads its variables (formats included) when called.
+    loss : callable
+        ``loss(y, outputs)``.
+    x, y : array
+        The batch and its targets.
+    variables : sequence of variables
+        The variables of the Hessian (e.g. kernels).
+
+    Examples
+    --------
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1, use_bias=False)])
+    >>> probe = LossProbe(model, keras.losses.MeanSquaredError(), np.eye(2, dtype='float32'), np.zeros((2, 1)),
+    ...                   [model.layers[0].kernel])
+    >>> probe.hessian_diagonals(n_probes=2)[0].ravel().tolist()  # the loss is (w1**2 + w2**2) / 2
+    [1.0, 1.0]
     """
-    if keras.backend.backend() != 'tensorflow':
-        return lambda: float(ops.convert_to_numpy(loss(y, model(x, training=False))))
-    import tensorflow as tf
 
-    x_t, y_t = tf.constant(x), tf.constant(y)
-    compiled = tf.function(lambda: loss(y_t, model(x_t, training=False)))
-    return lambda: float(compiled().numpy())
+    def __init__(self, model: keras.Model, loss: LossFn, x: np.ndarray, y: np.ndarray, variables: Sequence[Any]):
+        self.model, self.variables = model, list(variables)
+        self.shapes = [tuple(var.shape) for var in self.variables]
+        self._graph = None
+        if keras.backend.backend() != 'tensorflow':
+            self._eager = lambda: loss(y, model(x, training=False))
+            return
+        import tensorflow as tf
 
+        x_t, y_t = tf.constant(x), tf.constant(y)
 
-def hessian_diagonals(
-    model: keras.Model,
-    variables: Sequence[Any],
-    loss: LossFn,
-    x: np.ndarray,
-    y: np.ndarray,
-    n_probes: int = 32,
-    seed: int = 0,
-) -> list[np.ndarray]:
-    """Hutchinson estimates of the diagonals of the Hessian of the loss with respect to each variable.
+        @tf.function(reduce_retracing=True)
+        def loss_and_hvp(*v):
+            with tf.GradientTape() as outer:
+                with tf.GradientTape() as inner:
+                    value = loss(y_t, model(x_t, training=False))
+                if not v:
+                    return value, []
+                grads = inner.gradient(value, self.variables)
+                dot = tf.add_n([tf.reduce_sum(g * vi) for g, vi in zip(grads, v, strict=True)])
+            return value, outer.gradient(dot, self.variables)
 
-    Hessian-vector products by double back-propagation (TensorFlow backend); quantizers pass gradients straight
-    through, so on a model with wide formats this is the Hessian of the float model.
-    """
-    if keras.backend.backend() != 'tensorflow':
-        raise RuntimeError(f'Hessian estimates need the TensorFlow backend, Keras uses {keras.backend.backend()!r}')
-    import tensorflow as tf
+        self._graph = loss_and_hvp
+        self._zeros = [np.zeros(shape) for shape in self.shapes]
 
-    x_t, y_t = tf.constant(x), tf.constant(y)
+    def _call(self, vectors: Sequence[np.ndarray]) -> tuple[float, list[np.ndarray]]:
+        import tensorflow as tf
 
-    @tf.function(reduce_retracing=True)
-    def graph_hvp(*v):
-        with tf.GradientTape() as outer:
-            with tf.GradientTape() as inner:
-                value = loss(y_t, model(x_t, training=False))
-            grads = inner.gradient(value, variables)
-            dot = tf.add_n([tf.reduce_sum(g * vi) for g, vi in zip(grads, v, strict=True)])
-        return outer.gradient(dot, variables)
+        v = [tf.constant(vi, dtype=var.dtype) for vi, var in zip(vectors, self.variables, strict=True)]
+        value, products = self._graph(*v)
+        return float(value.numpy()), [h.numpy() for h in products]
 
-    def hvp(vectors: list[np.ndarray]) -> list[np.ndarray]:
-        v = [tf.constant(vi, dtype=var.dtype) for vi, var in zip(vectors, variables, strict=True)]
-        return [h.numpy() for h in graph_hvp(*v)]
+    def loss(self) -> float:
+        """The loss with the current values of the model's variables."""
+        if self._graph is None:
+            return float(ops.convert_to_numpy(self._eager()))
+        return self._call(self._zeros)[0]
 
-    shapes = [tuple(var.shape) for var in variables]
-    return hutchinson_diagonal(hvp, shapes, n_probes=n_probes, seed=seed)
+    def hvp(self, vectors: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Hessian-vector product: one array per variable."""
+        if self._graph is None:
+            raise RuntimeError(f'Hessian estimates need the TensorFlow backend, Keras uses {keras.backend.backend()!r}')
+        return self._call(vectors)[1]
+
+    def hessian_diagonals(self, n_probes: int = 32, seed: int = 0) -> list[np.ndarray]:
+        """Hutchinson estimates of the diagonals of the Hessian with respect to each variable."""
+        return hutchinson_diagonal(self.hvp, self.shapes, n_probes=n_probes, seed=seed)
 
 
 def layer_tensors(model: keras.Model, layers: Sequence[HLayer], x: np.ndarray, which: str) -> list[np.ndarray]:

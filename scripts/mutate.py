@@ -18,8 +18,10 @@ Steps (``python scripts/mutate.py MODULE ...``, see scripts/MUTATION.md):
    serves the mutated source for the one module through an import hook and runs, with ``pytest -x``, only the tests
    that executed a line of the mutated node (fastest first). A mutant that fails a test is *killed*, one that uses
    more CPU time than its limit (30 s + 4 times the tests' own time) is *timeout*, one that passes is *survived*,
-   one on a line that no test runs is *uncovered* (counted as surviving). Lines only executed at import (module
-   constants, default arguments) are judged by every test of the module.
+   one on a line that no test runs is *uncovered* (counted as surviving). Code run only at import is judged
+   through proxy lines: default arguments by the tests that run the function's body, module constants by those
+   that run a line using the name, class decorators by those that run the class's ``get_config``; by every test
+   of the module where that finds none.
 
 Results go to ``OUT/<module>.jsonl`` (one line per mutant; a rerun skips mutants already judged unless
 ``--fresh``); ``--show ID`` prints a mutant's diff; ``--summary`` prints the score table, with the mutants listed
@@ -218,24 +220,47 @@ def mutant_diff(mutant: Mutant) -> str:
     return '\n'.join(difflib.unified_diff(original, changed, mutant.file, mutant.id, n=1, lineterm=''))
 
 
-def _node_lines(file: str) -> dict[int, tuple[int, int, int | None]]:
-    """Mutant index -> (first line, last line, first body line of the enclosing function for default arguments)."""
+def _node_lines(file: str) -> dict[int, tuple[int, int, list[int] | None]]:
+    """Mutant index -> (first line, last line, proxy lines).
+
+    Proxy lines stand for code that runs at import, where coverage cannot tell which test needs it: a default
+    argument is judged by the tests that run the function's body, a module constant by those that run a line using
+    its name, a class decorator by those that run the class's ``get_config``.
+    """
     tree = ast.parse((REPO_TREE / file).read_text())
-    spans: dict[int, tuple[int, int, int | None]] = {}
-    defaults: dict[int, int] = {}
+    proxies: dict[int, list[int]] = {}
+
+    def mark(root: ast.AST, lines: list[int]) -> None:
+        for sub in ast.walk(root):
+            proxies[id(sub)] = lines
+
+    uses: dict[str, list[ast.Name]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            uses.setdefault(node.id, []).append(node)
     for fn in ast.walk(tree):
         if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-            for d in [*fn.args.defaults, *[d for d in fn.args.kw_defaults if d is not None]]:
-                for sub in ast.walk(d):
-                    defaults[id(sub)] = fn.body[0].lineno if len(fn.body) == 1 else fn.body[1].lineno
+            body_line = fn.body[0].lineno if len(fn.body) == 1 else fn.body[1].lineno
+            for default in [*fn.args.defaults, *[d for d in fn.args.kw_defaults if d is not None]]:
+                mark(default, [body_line])
+        if isinstance(fn, ast.ClassDef):
+            configs = [m.body[-1].lineno for m in fn.body if isinstance(m, ast.FunctionDef) and 'config' in m.name]
+            for decorator in fn.decorator_list:
+                mark(decorator, configs)
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign | ast.AnnAssign) and stmt.value is not None:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            names = [t.id for t in targets if isinstance(t, ast.Name)]
+            lines = [proxies.get(id(use), [use.lineno]) for name in names for use in uses.get(name, [])]
+            mark(stmt.value, [line for group in lines for line in group if line != stmt.lineno])
+    spans: dict[int, tuple[int, int, list[int] | None]] = {}
     count = 0
     for node, _parent, _field, _pos, mutations in _walk_sites(tree):
         for _ in mutations:
             end = node.end_lineno if not isinstance(node, ast.Return) else node.lineno
-            spans[count] = (node.lineno, end or node.lineno, defaults.get(id(node)))
+            spans[count] = (node.lineno, end or node.lineno, proxies.get(id(node)))
             count += 1
     return spans
-
 
 # --------------------------------------------------------------------------------------------------- coverage map
 COVERAGE_PLUGIN = '''
@@ -362,8 +387,8 @@ def _select_tests(mutant: Mutant, span, cov: dict) -> tuple[list[str], str]:
     if 'rejudge' in cov:
         return cov['rejudge'], 'rejudge'
     lines = cov['lines'][mutant.file]
-    first, last, default_body = span
-    wanted = range(default_body, default_body + 1) if default_body else range(first, last + 1)
+    first, last, proxy_lines = span
+    wanted = proxy_lines if proxy_lines else range(first, last + 1)
     tests: set[str] = set()
     executed = False
     for n in wanted:

@@ -408,7 +408,8 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         else:
             k, i = self.ki()
             q = quantize_tensor(x, k, i, f, self.round_mode, self.overflow_mode, _round_codes_ste(self.round_mode))
-        self._add_bits_l1(self.bits())
+        if self.bits_l1 > 0:
+            self._add_bits_l1(self.bits())
         return q
 
     def _train_wrap(self, x: Any, f: Any) -> Any:
@@ -563,7 +564,22 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         The most significant bit position is taken from the quantized value without gradient; the gradient
         flows to ``f``.
         """
-        q = self(w, training=False)  # the forward pass of the step already marked the bitwidths (ScaledStep)
+        return self.bits_of(self(w, training=False))  # the step's forward pass already marked the bitwidths
+
+    def bits_of(self, q: Any) -> Any:
+        """:meth:`bits` of weights this quantizer already quantized (``q = self(w)``), without quantizing again.
+
+        The training forward pass of a layer passes the kernel it just quantized, so that the EBOPs of the step
+        reuse it. ``q`` passes no gradient here (only its zeros and most significant bits are read).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> q = WeightQuantizer(f_init=2)
+        >>> q.build((3,))
+        >>> q.bits_of(q(np.array([0.3, 1.0, 0.1], dtype='float32'))).numpy().tolist()
+        [1.0, 3.0, 0.0]
+        """
         nonzero = ops.not_equal(q, 0.0)
         msb = ops.stop_gradient(ops.floor(ops.log2(ops.where(nonzero, ops.abs(q), 1.0))))
         return ops.where(nonzero, ops.relu(msb + 1.0 + self.f_int), 0.0)

@@ -163,19 +163,22 @@ class HKernelLayer(HLayer):
     def call(self, x: Any, training: bool | None = None) -> Any:
         xq = self.input_quantizer(x, training=training)
         kernel, bias = self.float_kernel_and_bias(xq, training)
-        y = self.apply_kernel(xq, self.kernel_quantizer(kernel))
+        qkernel = self.kernel_quantizer(kernel)
+        y = self.apply_kernel(xq, qkernel)
         if bias is not None:
             y = y + self.bias_quantizer(bias)
         if self.activation == 'relu':
             y = ops.relu(y)
         if training:
-            self.add_loss(self.beta * self.kernel_ebops(kernel))
+            self.add_loss(self.beta * self.kernel_ebops(kernel, qkernel))
         return y
 
-    def kernel_ebops(self, kernel: Any) -> Any:
-        """Differentiable EBOPs of this layer with a given float kernel."""
+    def kernel_ebops(self, kernel: Any, qkernel: Any = None) -> Any:
+        """Differentiable EBOPs of this layer with a given float kernel (``qkernel``: that kernel, quantized)."""
         bits_in = ops.expand_dims(self.input_quantizer.bits(), 0)
-        return ops.sum(self.apply_kernel(bits_in, self.kernel_quantizer.bits(kernel))) * self.ebops_scale()
+        quantizer = self.kernel_quantizer
+        bits_kernel = quantizer.bits(kernel) if qkernel is None else quantizer.bits_of(qkernel)
+        return ops.sum(self.apply_kernel(bits_in, bits_kernel)) * self.ebops_scale()
 
     def ebops(self) -> Any:
         return self.kernel_ebops(self.float_kernel_and_bias()[0])

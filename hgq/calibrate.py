@@ -7,6 +7,7 @@ the quantizers keep the state they had before.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -87,6 +88,14 @@ class _RangeObserver:
         self.seen = {key: variable((), 0.0) for key in shapes}
         self.bad = {key: variable((), 0.0) for key in shapes}
 
+    def reset(self) -> None:
+        """Forget every observation (the state after construction)."""
+        for key in self.low:
+            self.low[key].assign(ops.full(self.low[key].shape, np.inf, dtype='float32'))
+            self.high[key].assign(ops.full(self.high[key].shape, -np.inf, dtype='float32'))
+            self.seen[key].assign(0.0)
+            self.bad[key].assign(0.0)
+
     def __call__(self, quantizer: ActivationQuantizer, x: Any) -> None:
         key = id(quantizer)
         var_shape = tuple(self.low[key].shape)
@@ -116,17 +125,44 @@ class _RangeObserver:
         return {id(q): (self.low[id(q)].numpy(), self.high[id(q)].numpy()) for q in quantizers}
 
 
-def _forward(model: keras.Model) -> Callable[[list[np.ndarray]], Any]:
-    """``model(batch, training=False)``, compiled with TensorFlow when that is the backend (eager otherwise)."""
+def _forward(model: keras.Model, inputs: list[np.ndarray]) -> Callable[[list[np.ndarray]], Any]:
+    """``model(batch, training=False)``, compiled with TensorFlow when that is the backend (eager otherwise).
+
+    One trace serves every batch size (the batch axis is left open), so the last, smaller batch does not trace the
+    model again.
+    """
+
+    model_ref = weakref.ref(model)  # the pass is kept in _PASSES, keyed weakly by the model: no reference back
 
     def forward(batch: list[Any]) -> Any:
-        return model(batch if len(batch) > 1 else batch[0], training=False)
+        return model_ref()(batch if len(batch) > 1 else batch[0], training=False)
 
     if keras.backend.backend() == 'tensorflow':
         import tensorflow as tf
 
-        return tf.function(forward, reduce_retracing=True)
+        specs = [tf.TensorSpec((None, *array.shape[1:]), tf.float32) for array in inputs]
+        return tf.function(forward, input_signature=[specs])
     return forward
+
+
+# The observation pass of a model (observer and compiled forward), per quantizers and input shapes, kept while the
+# model lives: calibrating a model again (each checkpoint that ``hgq run`` loads into one model, each budget step of
+# ``hgq.allocate``) reuses its trace instead of tracing the model anew.
+_PASSES: weakref.WeakKeyDictionary[keras.Model, dict[tuple, tuple[_RangeObserver, Callable]]]
+_PASSES = weakref.WeakKeyDictionary()
+
+
+def _observation_pass(
+    model: keras.Model, quantizers: Sequence[ActivationQuantizer], inputs: list[np.ndarray]
+) -> tuple[_RangeObserver, Callable[[list[np.ndarray]], Any]]:
+    """The model's observer (reset) and compiled forward for these quantizers and input shapes."""
+    key = (tuple(id(q) for q in quantizers), tuple(array.shape[1:] for array in inputs))
+    passes = _PASSES.setdefault(model, {})
+    if key not in passes:
+        passes[key] = (_RangeObserver(quantizers), _forward(model, inputs))
+    observer, forward = passes[key]
+    observer.reset()
+    return observer, forward
 
 
 def _observe(
@@ -137,14 +173,13 @@ def _observe(
     verbose: int,
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Run ``model`` over the data with open ranges, recording each quantizer's input range."""
-    observer = _RangeObserver(quantizers)
+    observer, forward = _observation_pass(model, quantizers, inputs)
     bound = 2.0**OPEN_RANGE_BITS
     progress = keras.utils.Progbar(len(inputs[0])) if verbose else None
     for quantizer in quantizers:
         quantizer.set_range(-bound, bound)
         quantizer.observer = observer
     try:
-        forward = _forward(model)  # traced while the observers are attached, used only here
         for batch in _batches(inputs, batch_size):
             forward(batch)
             if progress is not None:

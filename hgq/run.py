@@ -43,7 +43,7 @@ from hgq.fileio import make_writable_dir, write_text_atomic
 from hgq.summary import layer_rows
 
 __all__ = ['run', 'train', 'select_points', 'process_point', 'check_model', 'write_report', 'RUNNING', 'FAILED']
-__all__ += ['DivergedError', 'choose_points']
+__all__ += ['DivergedError', 'choose_points', 'process_points']
 
 RUNNING = 'RUNNING'
 FAILED = 'FAILED'
@@ -205,17 +205,31 @@ def _evaluate(model: keras.Model, data: Dataset) -> dict[str, float]:
 
 
 def process_point(
-    point: ParetoPoint, tag: str, data: Dataset, run_dir: Path, config: RunConfig, convert: bool, say: Say = _quiet
+    point: ParetoPoint,
+    tag: str,
+    data: Dataset,
+    run_dir: Path,
+    config: RunConfig,
+    convert: bool,
+    say: Say = _quiet,
+    model: keras.Model | None = None,
 ) -> dict[str, Any]:
     """Calibrate the checkpoint of ``point``, save it as ``run_dir/models/<tag>.keras``, and convert and check it.
 
     Also plots its bitwidths (``run_dir/bits-<tag>.png``); the HLS project goes to ``run_dir/hls/<tag>``.
     Returns the model's entry of ``results.json``: EBOPs after calibration, test metrics, per-layer rows and, when
     ``convert``, the result of :func:`check_model`.
+
+    ``model``, a model of the same architecture (another checkpoint of the same run), receives the checkpoint's
+    weights, so that its compiled calibration and prediction passes serve every checkpoint instead of each one
+    tracing a new model; ``None`` loads the checkpoint as a new model.
     """
     from hgq.plot import bits as plot_bits
 
-    model = keras.models.load_model(point.path)
+    if model is None:
+        model = keras.models.load_model(point.path)
+    else:
+        model.load_weights(point.path)
     say('  calibrating integer bits on the training set')
     ebops = calibrate(model, data.x_train)
     (run_dir / 'models').mkdir(exist_ok=True)
@@ -238,6 +252,25 @@ def process_point(
     if config.export.synth:
         result.update(synth_model(model, data, run_dir / 'synth' / tag, config.export, say))
     return result
+
+
+def process_points(
+    points: Sequence[ParetoPoint], data: Dataset, run_dir: Path, config: RunConfig, convert: bool, say: Say = _quiet
+) -> list[dict[str, Any]]:
+    """:func:`process_point` for every checkpoint of one run, tagged ``model<j>-epoch<epoch>``.
+
+    The checkpoints share one architecture, so they are loaded into one model: it is traced once for calibration
+    and once for prediction, however many checkpoints there are (a new model per checkpoint would be traced anew
+    each time).
+    """
+    model = keras.models.load_model(points[0].path) if points else None
+    results = []
+    for j, point in enumerate(points):
+        values = ', '.join(f'{k} {v:.4g}' for k, v in point.values.items())
+        say(f'model {j + 1}/{len(points)}: epoch {point.epoch} ({values})')
+        tag = f'model{j}-epoch{point.epoch:04d}'
+        results.append(process_point(point, tag, data, run_dir, config, convert, say, model=model))
+    return results
 
 
 def synth_model(
@@ -421,12 +454,7 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     say(f'Pareto front: {len(points)} checkpoints')
     export = config.export
     chosen = choose_points(points, export, metric, side, say)
-    models = []
-    for j, point in enumerate(chosen):
-        tag = f'model{j}-epoch{point.epoch:04d}'
-        values = ', '.join(f'{k} {v:.4g}' for k, v in point.values.items())
-        say(f'model {j + 1}/{len(chosen)}: epoch {point.epoch} ({values})')
-        models.append(process_point(point, tag, data, run_dir, config, convert, say))
+    models = process_points(chosen, data, run_dir, config, convert, say)
     marked = [{**m['training'], 'label': m['tag'].split('-')[0]} for m in models]
     plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=history, marked=marked, title=config.name)
     synthesized = [{**mark, 'lut': m['lut']} for mark, m in zip(marked, models, strict=True) if m.get('lut')]

@@ -51,35 +51,38 @@ def test_convolution_terms_count_every_output_position() -> None:
     assert cost_terms(model)['ebops'] == pytest.approx(hgq.ebops(model) * positions)
 
 
-def _conv_pool_model() -> keras.Model:
+def _conv_pool_model(functional: bool = False) -> keras.Model:
     """1x1 conv on 5x5 -> 2x2 max pooling ('valid': row and column 4 of the conv output are never read) -> dense."""
-    model = keras.Sequential([
-        keras.Input((5, 5, 1)),
-        HQuantize(),
-        HConv2D(2, 1),
-        HMaxPooling2D(2),
-        keras.layers.Flatten(),
-        HDense(1),
-    ])  # fmt: skip
-    model.layers[1].kernel.assign(np.array([0.75, -0.5], dtype='float32').reshape(1, 1, 1, 2))
-    model.layers[4].kernel.assign(np.full((8, 1), 0.5, dtype='float32'))
+    layers = [HQuantize(), HConv2D(2, 1), HMaxPooling2D(2), keras.layers.Flatten(), HDense(1)]
+    if functional:
+        inputs = keras.Input((5, 5, 1))
+        outputs = inputs
+        for layer in layers:
+            outputs = layer(outputs)
+        model = keras.Model(inputs, outputs)
+    else:
+        model = keras.Sequential([keras.Input((5, 5, 1)), *layers])
+    conv, dense = layers[1], layers[4]
+    conv.kernel.assign(np.array([0.75, -0.5], dtype='float32').reshape(1, 1, 1, 2))
+    dense.kernel.assign(np.full((8, 1), 0.5, dtype='float32'))
     # fractional bits down to each weight's lowest set bit: the trainable width equals the value's span
-    model.layers[1].kernel_quantizer.f.assign(np.array([2.0, 1.0], dtype='float32').reshape(1, 1, 1, 2))
-    model.layers[4].kernel_quantizer.f.assign(np.ones((8, 1), dtype='float32'))
+    conv.kernel_quantizer.f.assign(np.array([2.0, 1.0], dtype='float32').reshape(1, 1, 1, 2))
+    dense.kernel_quantizer.f.assign(np.ones((8, 1), dtype='float32'))
     hgq.calibrate(model, np.random.default_rng(0).normal(size=(512, 5, 5, 1)).astype('float32'))
     return model
 
 
-def test_dead_conv_positions_are_left_out_and_pooling_comparators_counted() -> None:
-    model = _conv_pool_model()
-    conv, pool = model.layers[1], model.layers[2]
+@pytest.mark.parametrize('functional', [False, True])
+def test_dead_conv_positions_are_left_out_and_pooling_comparators_counted(functional: bool) -> None:
+    model = _conv_pool_model(functional)
+    _, conv, pool, _, dense = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     live, used = live_masks(model)[conv.name]
     assert live.shape == (5, 5, 2) and not live[4].any() and not live[:, 4].any() and live[:4, :4].all()
     bits_in = conv.input_bits_exact()[..., 0]  # (5, 5)
     assert np.all(bits_in > 0)
     terms = cost_terms(model)
     conv_ebops = bits_in[:4, :4].sum() * (2 + 1)  # weights 0.75 (2 bits) and -0.5 (1 bit) at the 16 live positions
-    dense_ebops = float(np.sum(model.layers[4].input_bits_exact()) * 1)  # weights 0.5: 1 bit each
+    dense_ebops = float(np.sum(dense.input_bits_exact()) * 1)  # weights 0.5: 1 bit each
     assert terms['ebops'] == pytest.approx(conv_ebops + dense_ebops)
     assert terms['pool_bits'] == pytest.approx(np.sum(pool.input_bits_exact()[:4, :4]))
 

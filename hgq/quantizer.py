@@ -14,6 +14,7 @@ The forward pass always sees bitwidths rounded to integers. Gradients: straight-
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = [
     'round_ste',
     'bits_shape',
     'effective_bits',
+    'bits_pace_supported',
 ]
 
 
@@ -90,6 +92,30 @@ def _reduce_axes(full_shape: Sequence[int], var_shape: Sequence[int], batch: boo
     return ((0,) if batch else ()) + axes
 
 
+def bits_pace_supported() -> bool:
+    """Whether the Keras backend lets :class:`ScaledStep` scale the optimizer steps of bitwidths.
+
+    True under TensorFlow and PyTorch, whose optimizers update variables in place after the forward pass; False
+    under JAX (see :class:`ScaledStep`), where ``bits_lr_scale`` and ``set_bits_pace`` do not change training.
+
+    Examples
+    --------
+    >>> isinstance(bits_pace_supported(), bool)
+    True
+    """
+    return keras.backend.backend() != 'jax'
+
+
+def _warn_pace_ignored() -> None:
+    # One message from one place: Python shows it once per process.
+    warnings.warn(
+        'bits_lr_scale and set_bits_pace have no effect under the JAX backend: bitwidths learn at the pace of the '
+        'optimizer (TensorFlow and PyTorch apply them)',
+        RuntimeWarning,
+        stacklevel=1,
+    )
+
+
 class ScaledStep(keras.constraints.Constraint):
     """Multiply every optimizer step of a variable by ``scale``: after an update, ``v <- v0 + scale * (v - v0)``.
 
@@ -97,6 +123,11 @@ class ScaledStep(keras.constraints.Constraint):
     own for that variable whatever the optimizer (with Adam, which moves every variable by about the learning rate
     per step however large its gradient, it is the only way to make one variable learn faster). ``v0`` is the
     value before the step: the owner calls :meth:`mark` in every training forward pass, before the update.
+
+    Under the JAX backend Keras trains statelessly: the optimizer applies constraints inside a compiled step that
+    sees only the trainable and optimizer variables, so ``v0`` cannot reach it. There the constraint leaves the
+    optimizer's step as it is (bitwidths move at the optimizer's own pace, and :meth:`set_scale` has no effect on
+    training); :func:`bits_pace_supported` tells which case applies.
 
     Parameters
     ----------
@@ -138,6 +169,8 @@ class ScaledStep(keras.constraints.Constraint):
         self.scale.assign(float(scale))
 
     def __call__(self, w: Any) -> Any:
+        if not bits_pace_supported():
+            return w
         return self.origin + self.scale * (w - self.origin)
 
     def get_config(self) -> dict[str, Any]:
@@ -180,6 +213,8 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         initializer = value if callable(value) else keras.initializers.Constant(value)
         variable = self.add_weight(name=name, shape=shape, initializer=initializer, trainable=trainable)
         if trainable:
+            if self.bits_lr_scale != 1 and not bits_pace_supported():
+                _warn_pace_ignored()
             step = ScaledStep(variable, self.bits_lr_scale)
             variable.constraint = step
             self._scaled_steps.append(step)
@@ -200,6 +235,8 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         """
         if not (factor >= 0 and np.isfinite(factor)):
             raise ValueError(f'{self.name}: the bit pace factor must be a finite number >= 0, got {factor}')
+        if factor != 1 and not bits_pace_supported():
+            _warn_pace_ignored()
         for step in self._scaled_steps:
             step.set_scale(self.bits_lr_scale * factor)
 
@@ -382,7 +419,7 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         if self.tracks_range:
             k, i = self._tracked_ki(ops.floor(self.f + 0.5))
             return k, ops.stop_gradient(i)
-        return ops.full_like(self.f, float(self.signed)), round_ste(self.i)
+        return ops.full(self.f.shape, float(self.signed), dtype=self.f.dtype), round_ste(self.i)
 
     def bits(self) -> Any:
         """Differentiable width ``relu(k + i + f)``, broadcast to the per-sample tensor shape."""

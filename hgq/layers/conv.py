@@ -9,6 +9,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from hgq.backend import exact_float32
 from hgq.layers.kernel import HKernelLayer
 
 __all__ = ['HConv', 'HConv1D', 'HConv2D', 'conv_output_size', 'normalize_tuple']
@@ -124,7 +125,8 @@ class HConv(HKernelLayer):
         return (*self.kernel_size, int(input_shape[-1]), self.filters)
 
     def apply_kernel(self, x: Any, kernel: Any) -> Any:
-        return ops.conv(x, kernel, strides=self.strides, padding=self.padding, data_format='channels_last')
+        with exact_float32():
+            return ops.conv(x, kernel, strides=self.strides, padding=self.padding, data_format='channels_last')
 
     def ebops_scale(self) -> float:
         if self.parallelization_factor == -1:

@@ -7,6 +7,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from hgq.backend import exact_float32
 from hgq.layers.kernel import HKernelLayer, check_activation
 
 __all__ = ['HDense', 'check_activation']
@@ -52,7 +53,8 @@ class HDense(HKernelLayer):
         return (int(input_shape[-1]), self.units)
 
     def apply_kernel(self, x: Any, kernel: Any) -> Any:
-        return ops.matmul(x, kernel)
+        with exact_float32():
+            return ops.matmul(x, kernel)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return (*input_shape[:-1], self.units)

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 
 import keras
 
-__all__ = ['exact_float32']
+__all__ = ['exact_float32', 'widest_float']
 
 
 @contextlib.contextmanager
@@ -61,13 +61,21 @@ def _torch_without_tf32() -> Iterator[None]:
     if not torch.cuda.is_available():
         yield
         return
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = (matmul.allow_tf32, cudnn.allow_tf32)
-    matmul.allow_tf32, cudnn.allow_tf32 = False, False
+    if hasattr(torch.backends.cudnn, 'conv'):  # PyTorch >= 2.9: per-operation fp32_precision settings
+        flags, exact = (
+            [(torch.backends.cuda.matmul, 'fp32_precision'), (torch.backends.cudnn.conv, 'fp32_precision')],
+            'ieee',
+        )
+    else:
+        flags, exact = [(torch.backends.cuda.matmul, 'allow_tf32'), (torch.backends.cudnn, 'allow_tf32')], False
+    saved = [getattr(owner, name) for owner, name in flags]
+    for owner, name in flags:
+        setattr(owner, name, exact)
     try:
         yield
     finally:
-        matmul.allow_tf32, cudnn.allow_tf32 = saved
+        for (owner, name), value in zip(flags, saved, strict=True):
+            setattr(owner, name, value)
 
 
 @functools.cache
@@ -77,3 +85,20 @@ def _tensorflow_without_tf32() -> None:
 
     if tf.config.list_physical_devices('GPU'):
         tf.config.experimental.enable_tensor_float_32_execution(False)
+
+
+def widest_float() -> str:
+    """``'float64'``, or ``'float32'`` under JAX without ``JAX_ENABLE_X64`` (where float64 silently becomes float32).
+
+    For computations on integer-valued quantities (bit counts) that are exact in either type within their range.
+
+    Examples
+    --------
+    >>> widest_float() in ('float32', 'float64')
+    True
+    """
+    if keras.backend.backend() != 'jax':
+        return 'float64'
+    import jax
+
+    return 'float64' if jax.config.read('jax_enable_x64') else 'float32'

@@ -12,6 +12,7 @@ import pytest
 import hgq
 from hgq.ebops import all_layers, ebops, h_layers, holds_finite_values, layer_ebops
 from hgq.layers import HDense, HQuantize
+from hgq.quantizer import ActivationQuantizer, ScaledStep, WeightQuantizer
 
 # -- hgq.ebops ---------------------------------------------------------------------------------------------------
 
@@ -103,3 +104,68 @@ def test_ebops_of_an_unbuilt_model_names_it():
     with pytest.raises(ValueError, match="model 'unbuilt' is not built"):
         layer_ebops(model)
     assert hgq.ebops is ebops
+
+
+# -- hgq.quantizer -----------------------------------------------------------------------------------------------
+
+
+def test_quantizer_defaults_are_the_documented_ones():
+    """The constructor defaults are public API: changing one silently changes every model built without it."""
+    activation = ActivationQuantizer().get_config()
+    assert {key: activation[key] for key in ACTIVATION_DEFAULTS} == ACTIVATION_DEFAULTS
+    weight = WeightQuantizer().get_config()
+    assert {key: weight[key] for key in WEIGHT_DEFAULTS} == WEIGHT_DEFAULTS
+
+
+ACTIVATION_DEFAULTS = dict(
+    granularity='element', f_init=6.0, overflow_mode='WRAP', round_mode='RND', i_init=None, signed=True,
+    momentum=0.99, channel_axis=-1, bits_l1=0.0, f_trainable=True, bits_lr_scale=4.0,
+)
+WEIGHT_DEFAULTS = dict(
+    granularity='element', f_init=None, init_bits=4.0, round_mode='RND', channel_axis=-1, bits_l1=0.0,
+    f_trainable=True, bits_lr_scale=4.0,
+)
+
+
+def test_untrained_ranges_hold_four_integer_bits():
+    """Before any data: a WRAP range of [-2**4, 2**4], and 4 learned integer bits in SAT mode."""
+    wrap = ActivationQuantizer()
+    wrap.build((None, 2))
+    assert wrap.vmin.numpy().tolist() == [-16.0, -16.0] and wrap.vmax.numpy().tolist() == [16.0, 16.0]
+    k, i, _ = wrap.kif()
+    assert k.tolist() == [1, 1] and i.tolist() == [5, 5]  # 16 itself needs i = 5
+    sat = ActivationQuantizer(overflow_mode='SAT')
+    sat.build((None, 2))
+    assert sat.i.numpy().tolist() == [4.0, 4.0]
+
+
+def test_a_never_trained_wrap_quantizer_prunes_nothing_even_with_coarse_steps():
+    """``train_peak`` starts huge: with steps of 2**8 a value of 2**19 inside a range of +-2**20 is kept."""
+    q = ActivationQuantizer(i_init=20.0, f_init=-8.0)
+    x = np.array([[2.0**19, -(2.0**12) * 3, 100.0]], np.float32)
+    assert q(x, training=False).numpy().tolist() == [[2.0**19, -(2.0**12) * 3, 0.0]]
+
+
+def test_sat_integer_bits_are_learned_at_the_bit_pace():
+    q = ActivationQuantizer(overflow_mode='SAT')
+    q.build((None, 2))
+    assert {id(w) for w in q.trainable_weights} == {id(q.f), id(q.i)}
+    assert isinstance(q.i.constraint, ScaledStep) and q.i.constraint.scale == 4.0
+
+
+def test_no_bits_penalty_no_loss_term():
+    """``bits_l1=0`` adds no loss at all (not a zero one): models without the penalty keep their loss list empty."""
+    x = np.ones((2, 3), np.float32)
+    for q in (ActivationQuantizer(overflow_mode='SAT'), ActivationQuantizer(overflow_mode='SAT', bits_l1=1e-3)):
+        q(x, training=True)
+        assert len(q.losses) == (1 if q.bits_l1 else 0)
+
+
+def test_quantizer_variables_keep_their_names():
+    """The names users see in ``layer.weights`` (and in saved weight listings)."""
+    wrap, sat, weight = ActivationQuantizer(), ActivationQuantizer(overflow_mode='SAT'), WeightQuantizer()
+    wrap.build((None, 2))
+    sat.build((None, 2))
+    weight.build((2,))
+    assert [w.name for w in wrap.weights] == ['f', 'vmin', 'vmax', 'calibrated', 'range_started', 'train_peak']
+    assert [w.name for w in sat.weights] == ['f', 'i'] and [w.name for w in weight.weights] == ['f']

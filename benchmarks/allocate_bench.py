@@ -322,6 +322,20 @@ def main() -> None:
     settings, data = sweep_settings(args)
     budgets = args.budgets or BUDGETS[args.dataset]
     runs, float_acc = [], []
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every run: an interrupted sweep keeps what it measured
+        record = {
+            'dataset': args.dataset,
+            'settings': settings,
+            'machine': f'{platform.machine()} Linux, 2 shared CPU cores',
+            'versions': {'hgq': hgq.__version__, 'keras': keras.__version__},
+            'float_accuracy': float_acc,
+            'summary': summarize(runs),
+            'runs': runs,
+        }
+        stem.with_suffix('.json').write_text(json.dumps(record, indent=1, default=float))
+
     for seed in args.seeds:
         model = float_model(args.dataset, seed, data, settings)
         float_acc.append(accuracy(model, data))
@@ -331,24 +345,15 @@ def main() -> None:
             csim_dir = WORK_DIR / 'csim' / args.dataset / re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')
             if label in UNBUDGETED:
                 runs.append(run_one(model, data, label, UNBUDGETED[label], None, seed, csim_dir if csim else None))
+                save()
                 continue
             for budget in budgets:
                 check = csim and budget == CSIM_BUDGET[args.dataset]
                 runs.append(
                     run_one(model, data, label, METHODS[label], float(budget), seed, csim_dir if check else None)
                 )
+                save()
     summary = summarize(runs)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    record = {
-        'dataset': args.dataset,
-        'settings': settings,
-        'machine': f'{platform.machine()} Linux, 2 shared CPU cores',
-        'versions': {'hgq': hgq.__version__, 'keras': keras.__version__},
-        'float_accuracy': float_acc,
-        'summary': summary,
-        'runs': runs,
-    }
-    stem.with_suffix('.json').write_text(json.dumps(record, indent=1, default=float))
     write_markdown(stem.with_suffix('.md'), args.dataset, summary, runs, float_acc)
     plot(stem.with_suffix('.png'), args.dataset, summary, args.peers)
     print(f'wrote {stem}.json, .md, .png')

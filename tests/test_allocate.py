@@ -11,6 +11,7 @@ from sklearn.datasets import load_digits
 
 import hgq
 from hgq.allocate import InfeasibleBudgetError, allocate
+from hgq.allocate.core import _InputRanges
 from hgq.allocate.numerics import (
     LayerOptions,
     hutchinson_diagonal,
@@ -222,6 +223,30 @@ def test_allocate_meets_the_budget_with_frozen_bits(digits_model, method, budget
     loaded = keras.models.load_model(path)
     assert hgq.ebops(loaded) == report['ebops']
     np.testing.assert_array_equal(loaded.predict(x[1200:], verbose=0), h_model.predict(x[1200:], verbose=0))
+
+
+@pytest.mark.parametrize('xla', [False, True])
+def test_compiled_range_pass_observes_what_calibrate_observes(digits_model, xla):
+    """The budget loop's range pass (one batch shape, the last batch filled up with its own rows; a plain graph or
+    XLA) finds exactly the ranges of hgq.calibrate on an allocated model."""
+    model, x, y, _ = digits_model
+    x = x + 0.5  # no input is 0: rows that are not the data's would show in the minima
+    h_model = allocate(model, x[:1200], method='ompq', budget_ebops=3000, granularity='channel', verbose=0)
+    hgq.calibrate(h_model, x[:1000])
+    ranges = _InputRanges(h_model, x[:1000], batch_size=384, xla=xla)  # 1000 = 2 * 384 + 232
+    quantizers = [layer.input_quantizer for layer in ranges.layers]
+    assert len(quantizers) == 3  # the input and both Dense layers
+
+    def observed():
+        return [(keras.ops.convert_to_numpy(q.vmin), keras.ops.convert_to_numpy(q.vmax)) for q in quantizers]
+
+    calibrated = observed()
+    for q in quantizers:
+        q.set_range(-1.0, 1.0)
+    ranges.observe()
+    for (low, high), (low_ref, high_ref) in zip(observed(), calibrated, strict=True):
+        np.testing.assert_array_equal(low, low_ref)
+        np.testing.assert_array_equal(high, high_ref)
 
 
 def test_cluster_gives_ternary_weights_with_shared_power_of_two_scales(digits_model):

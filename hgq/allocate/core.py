@@ -152,11 +152,12 @@ class _InputRanges:
     The pass is compiled once and re-run after every change of formats (the formats are variables the compiled
     function reads). Every batch has one shape (the last is filled up with its own first rows, which leaves the
     minimum and maximum unchanged), so the function is traced once; when ``x`` holds at least
-    :data:`XLA_MIN_VALUES` values it is compiled with XLA, which fuses the element-wise quantizer arithmetic
-    (4-7x less CPU per pass on 60,000 Fashion-MNIST images, for about 1 CPU second of compiling).
+    :data:`XLA_MIN_VALUES` values (or with ``xla=True``) it is compiled with XLA, which fuses the element-wise
+    quantizer arithmetic (4-7x less CPU per pass on 60,000 Fashion-MNIST images, for about 1 CPU second of
+    compiling).
     """
 
-    def __init__(self, model: keras.Model, x: np.ndarray, batch_size: int = 4096) -> None:
+    def __init__(self, model: keras.Model, x: np.ndarray, batch_size: int = 4096, xla: bool | None = None) -> None:
         self.layers = [
             layer
             for layer in h_layers(model)
@@ -171,7 +172,7 @@ class _InputRanges:
             values = values if isinstance(values, list | tuple) else [values]
             return [ops.min(v, axis=0) for v in values], [ops.max(v, axis=0) for v in values]
 
-        self._extremes = _compiled(extremes, xla=x.size >= XLA_MIN_VALUES)
+        self._extremes = _compiled(extremes, xla=x.size >= XLA_MIN_VALUES if xla is None else xla)
 
     def _batches(self):
         for start in range(0, len(self.x), self.batch_size):

@@ -169,3 +169,42 @@ def test_quantizer_variables_keep_their_names():
     weight.build((2,))
     assert [w.name for w in wrap.weights] == ['f', 'vmin', 'vmax', 'calibrated', 'range_started', 'train_peak']
     assert [w.name for w in sat.weights] == ['f', 'i'] and [w.name for w in weight.weights] == ['f']
+
+
+def test_only_f_is_trainable_in_wrap_mode():
+    q = ActivationQuantizer()
+    q.build((None, 2))
+    assert [w.name for w in q.trainable_weights] == ['f']
+
+
+@pytest.mark.parametrize('momentum', [1.0, -0.5, 1.5])
+def test_momentum_outside_zero_to_one_is_refused(momentum):
+    with pytest.raises(ValueError, match=r'momentum must be in \[0, 1\)'):
+        ActivationQuantizer(momentum=momentum)
+    assert ActivationQuantizer(momentum=0.0).momentum == 0.0
+
+
+def test_quantizers_save_under_the_hgq_package_name():
+    """Saved models name the classes ``hgq>...``: a model saved by an earlier version must still load."""
+    for cls in (ActivationQuantizer, WeightQuantizer):
+        assert keras.saving.get_registered_name(cls) == f'hgq>{cls.__name__}'
+
+
+def test_training_peak_is_the_largest_magnitude_so_an_element_with_a_large_value_is_not_pruned():
+    """Values in ``[-0.1, 3]`` at ``f = 0``: the peak is 3, one step or more, so the element keeps its values."""
+    q = ActivationQuantizer(granularity='tensor', f_init=0.0)
+    q(np.array([[-0.1, 3.0]], np.float32), training=True)
+    assert q.train_peak.numpy().tolist() == [3.0]
+    assert q(np.array([[2.0, -0.3]], np.float32), training=False).numpy().tolist() == [[2.0, 0.0]]
+
+
+# -- hgq.calibrate -----------------------------------------------------------------------------------------------
+
+
+def test_calibrating_a_model_without_wrap_quantizers_returns_its_ebops():
+    sat = {'overflow_mode': 'SAT'}
+    model = keras.Sequential([keras.Input((3,)), HQuantize(input_quantizer=sat), HDense(2, input_quantizer=sat)])
+    before = [w.numpy().copy() for w in model.weights]
+    result = hgq.calibrate(model, np.ones((4, 3), np.float32))
+    assert isinstance(result, float) and result == ebops(model) > 0
+    assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights, strict=True))

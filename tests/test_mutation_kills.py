@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import hgq
+from hgq.calibrate import CalibrationError
 from hgq.ebops import all_layers, ebops, h_layers, holds_finite_values, layer_ebops
 from hgq.layers import HDense, HQuantize
 from hgq.quantizer import ActivationQuantizer, ScaledStep, WeightQuantizer
@@ -208,3 +209,25 @@ def test_calibrating_a_model_without_wrap_quantizers_returns_its_ebops():
     result = hgq.calibrate(model, np.ones((4, 3), np.float32))
     assert isinstance(result, float) and result == ebops(model) > 0
     assert all(np.array_equal(a, w.numpy()) for a, w in zip(before, model.weights, strict=True))
+
+
+def test_calibration_accepts_values_up_to_two_to_the_nineteen():
+    """Documented limit: values inside ``+-2**19`` calibrate, values beyond are refused with the limit named."""
+    model = keras.Sequential([keras.Input((2,)), HQuantize(input_quantizer={'f_init': 0.0}, name='hq')])
+    inside = np.array([[3.0e5, -1.0], [2.0, -4.0e5]], np.float32)
+    assert hgq.calibrate(model, inside) == 0.0
+    k, i, _ = model.get_layer('hq').input_quantizer.kif()
+    assert k.tolist() == [0, 1] and i.tolist() == [19, 19]
+    with pytest.raises(CalibrationError, match=r'beyond \+-2\*\*19'):
+        hgq.calibrate(model, np.array([[6.0e5, 0.0]], np.float32))
+
+
+def test_calibration_batches_of_one_sample_are_allowed_and_zero_is_refused(capsys):
+    model = keras.Sequential([keras.Input((2,)), HQuantize(name='hq')])
+    data = np.array([[1.5, -3.0], [0.25, 2.0], [-1.0, 0.5]], np.float32)
+    hgq.calibrate(model, data, batch_size=1)
+    assert capsys.readouterr().out == ''  # no progress bar unless verbose=1
+    quantizer = model.get_layer('hq').input_quantizer
+    assert quantizer.vmin.numpy().tolist() == [-1.0, -3.0] and quantizer.vmax.numpy().tolist() == [1.5, 2.0]
+    with pytest.raises(CalibrationError, match='batch_size must be a positive integer, got 0'):
+        hgq.calibrate(model, data, batch_size=0)

@@ -30,7 +30,7 @@ Examples
 >>> hgq.cost.lut_estimate(model)                 # doctest: +SKIP
 5123.0
 >>> hgq.cost.cost_terms(model)                   # doctest: +SKIP
-{'ebops': 4100.0, 'adder_bits': 2210.0, 'weight_bits': 1830.0, 'act_bits': 120.0}
+{'ebops': 4100.0, 'adder_bits': 2210.0, 'weight_bits': 1830.0, 'act_bits': 120.0, 'pool_bits': 0.0}
 """
 
 from __future__ import annotations
@@ -271,7 +271,7 @@ def cost_terms(model: keras.Model) -> dict[str, float]:
     Examples
     --------
     >>> sorted(cost_terms(model))                # doctest: +SKIP
-    ['act_bits', 'adder_bits', 'ebops', 'weight_bits']
+    ['act_bits', 'adder_bits', 'ebops', 'pool_bits', 'weight_bits']
     """
     return {name: float(ops.convert_to_numpy(value)) for name, value in _terms(model, exact=True).items()}
 
@@ -304,7 +304,11 @@ def lut_estimate(model: keras.Model, coefficients: Mapping[str, float] | None = 
 
 
 def lut_cost(model: keras.Model, coefficients: Mapping[str, float] | None = None) -> Any:
-    """:func:`lut_estimate` on the differentiable bit maps (a scalar tensor), for use in a training loss."""
+    """:func:`lut_estimate` on the differentiable bit maps (a scalar tensor), for use in a training loss.
+
+    Dead logic is found from the current bit maps and weights, as a 0/1 mask without gradient: the penalty pushes on
+    the bits of live logic only. After :func:`hgq.calibrate` it equals :func:`lut_estimate` where every weight's
+    fractional bits reach down to its lowest set bit; otherwise it is larger (the trainable width bounds the span)."""
     terms = _terms(model, exact=False)
     total = 0.0
     for name, c in _coefficients(coefficients).items():

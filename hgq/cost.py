@@ -308,7 +308,8 @@ def lut_cost(model: keras.Model, coefficients: Mapping[str, float] | None = None
 
     Dead logic is found from the current bit maps and weights, as a 0/1 mask without gradient: the penalty pushes on
     the bits of live logic only. After :func:`hgq.calibrate` it equals :func:`lut_estimate` where every weight's
-    fractional bits reach down to its lowest set bit; otherwise it is larger (the trainable width bounds the span)."""
+    fractional bits reach down to its lowest set bit; otherwise it is larger (the trainable width bounds the span).
+    """
     terms = _terms(model, exact=False)
     total = 0.0
     for name, c in _coefficients(coefficients).items():

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 
 import keras
 
-__all__ = ['exact_float32', 'widest_float']
+__all__ = ['exact_float32', 'float64_scope']
 
 
 @contextlib.contextmanager
@@ -87,18 +87,18 @@ def _tensorflow_without_tf32() -> None:
         tf.config.experimental.enable_tensor_float_32_execution(False)
 
 
-def widest_float() -> str:
-    """``'float64'``, or ``'float32'`` under JAX without ``JAX_ENABLE_X64`` (where float64 silently becomes float32).
+@contextlib.contextmanager
+def float64_scope() -> Iterator[None]:
+    """Scope in which ``keras.ops`` computes in float64 when asked to, on every backend.
 
-    For computations on integer-valued quantities (bit counts) that are exact in either type within their range.
-
-    Examples
-    --------
-    >>> widest_float() in ('float32', 'float64')
-    True
+    JAX computes float64 requests in float32 unless 64-bit types are enabled; inside this scope they are (for the
+    operations traced in it only). Lookup tables of activations and the softmax sums are computed in float64 so
+    that every backend (and the firmware) gets the same values.
     """
-    if keras.backend.backend() != 'jax':
-        return 'float64'
-    import jax
+    if keras.backend.backend() == 'jax':
+        import jax
 
-    return 'float64' if jax.config.read('jax_enable_x64') else 'float32'
+        with jax.enable_x64(True):
+            yield
+    else:
+        yield

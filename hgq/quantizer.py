@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from hgq.backend import float64_scope
 from hgq.fixed_point import (
     FLOAT32_SIGNIFICAND_BITS,
     OVERFLOW_MODES,
@@ -562,14 +563,16 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         return ops.cast(self._fitted_f(source(), shape), dtype)
 
     def _fitted_f(self, weights: Any, shape: tuple[int, ...]) -> Any:
-        w = ops.cast(weights, 'float64')
-        if self.granularity == 'channel':
-            axes = _reduce_axes(self.shape, shape, batch=False)
-        else:
-            axes = tuple(range(len(self.shape)))
-        rms = ops.sqrt(ops.mean(ops.square(w), axis=axes, keepdims=True)) if axes else ops.abs(w)
-        rms = ops.where(rms > 0, rms, 1.0)
-        return ops.broadcast_to(ops.ceil(self.init_bits - 1 - ops.log2(rms)), shape)
+        with float64_scope():
+            w = ops.cast(weights, 'float64')
+            if self.granularity == 'channel':
+                axes = _reduce_axes(self.shape, shape, batch=False)
+            else:
+                axes = tuple(range(len(self.shape)))
+            rms = ops.sqrt(ops.mean(ops.square(w), axis=axes, keepdims=True)) if axes else ops.abs(w)
+            rms = ops.where(rms > 0, rms, 1.0)
+            # Whole numbers: exact in float32, which every caller casts them to.
+            return ops.cast(ops.broadcast_to(ops.ceil(self.init_bits - 1 - ops.log2(rms)), shape), 'float32')
 
     def fit_initial_bits(self, weights: Any) -> None:
         """Set ``f`` so that weights of typical magnitude keep ``init_bits`` significant bits.

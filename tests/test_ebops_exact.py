@@ -36,6 +36,9 @@ from hgq.layers import (
     HSubtract,
 )
 
+# Also run under the JAX and PyTorch backends (README, Development).
+pytestmark = pytest.mark.backends
+
 GRANULARITIES = ('element', 'channel', 'tensor')
 REL_TOL = 2.0**-20
 MAX_CODE = 15  # odd codes up to 15: weights of 1 to 4 significant bits

@@ -35,6 +35,9 @@ from hgq.layers import (
 )
 from hgq.quantizer import effective_bits
 
+# Also run under the JAX and PyTorch backends (README, Development).
+pytestmark = pytest.mark.backends
+
 
 def _np(tensor) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(tensor), dtype=np.float64)

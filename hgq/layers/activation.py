@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from hgq.backend import float64_scope
 from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer, with_defaults
 from hgq.lut import (
     MAX_TABLE_SIZE,
@@ -154,9 +155,10 @@ class HActivation(HLayer):
         offset = code_offset(k, i, f)
         size = ops.where(k + i + f > 0, 2.0 ** (k + i + f), 1.0)
         scale = 2.0**f
-        codes = ops.cast(offset, 'float64') + ops.arange(self.max_table_size, dtype='float64')
-        values = self.fn(codes / ops.cast(scale, 'float64'))
-        table = ops.cast(quantize_with(self.output_quantizer, values), self.compute_dtype)
+        with float64_scope():
+            codes = ops.cast(offset, 'float64') + ops.arange(self.max_table_size, dtype='float64')
+            values = self.fn(codes / ops.cast(scale, 'float64'))
+            table = ops.cast(quantize_with(self.output_quantizer, values), self.compute_dtype)
         return table, offset, size, scale
 
     def _lookup(self, xq: Any) -> Any:

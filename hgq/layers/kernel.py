@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from hgq.backend import float64_scope
 from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer
 from hgq.quantizer import ActivationQuantizer, WeightQuantizer
 
@@ -186,7 +187,8 @@ class HKernelLayer(HLayer):
     def exact_ebops(self) -> float:
         bits_in = self.input_bits_exact().astype(np.float64)[None]
         bits_kernel = self.kernel_quantizer.exact_bits(self.float_kernel_and_bias()[0]).astype(np.float64)
-        products = ops.convert_to_numpy(self.apply_kernel(bits_in, bits_kernel))
+        with float64_scope():
+            products = ops.convert_to_numpy(self.apply_kernel(bits_in, bits_kernel))
         return float(np.sum(products, dtype=np.float64) * self.ebops_scale())
 
     def get_config(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from hgq.backend import float64_scope
 from hgq.layers.base import HLayer, QuantizerSpec, make_quantizer, serialize_quantizer, with_defaults
 from hgq.lut import (
     MAX_TABLE_SIZE,
@@ -144,12 +145,13 @@ class HSoftmax(HLayer):
 
     def _table_tensors(self) -> tuple[Any, Any]:
         """Exp and reciprocal tables over ``max_table_size`` codes (entry ``c`` for code ``c``)."""
-        codes = ops.arange(self.max_table_size, dtype='float64')
-        d = codes * ops.cast(2.0 ** -ops.reshape(self.exp_input_quantizer.f_int, ()), 'float64')
-        exp_table = quantize_with(self.exp_quantizer, ops.exp(-d))
-        s = codes * ops.cast(2.0 ** -ops.reshape(self.sum_quantizer.f_int, ()), 'float64')
-        inv_table = quantize_with(self.inv_quantizer, ops.divide(1.0, s))
-        return ops.cast(exp_table, self.compute_dtype), ops.cast(inv_table, self.compute_dtype)
+        with float64_scope():
+            codes = ops.arange(self.max_table_size, dtype='float64')
+            d = codes * ops.cast(2.0 ** -ops.reshape(self.exp_input_quantizer.f_int, ()), 'float64')
+            exp_table = quantize_with(self.exp_quantizer, ops.exp(-d))
+            s = codes * ops.cast(2.0 ** -ops.reshape(self.sum_quantizer.f_int, ()), 'float64')
+            inv_table = quantize_with(self.inv_quantizer, ops.divide(1.0, s))
+            return ops.cast(exp_table, self.compute_dtype), ops.cast(inv_table, self.compute_dtype)
 
     def _fits(self) -> Any:
         """Whether both tables fit in ``max_table_size`` entries (a scalar boolean tensor)."""
@@ -169,11 +171,12 @@ class HSoftmax(HLayer):
     def _exact_forward(self, xq: Any) -> Any:
         """Inference: table lookups, with the sum and the products in float64 (exact)."""
         exp_table, inv_table = self._table_tensors()
-        x64 = ops.cast(xq, 'float64')
-        d = ops.max(x64, axis=-1, keepdims=True) - x64
-        e = self._lookup(exp_table, self.exp_input_quantizer, d)
-        r = self._lookup(inv_table, self.sum_quantizer, ops.sum(e, axis=-1, keepdims=True))
-        y = ops.cast(quantize_with(self.output_quantizer, e * r), self.compute_dtype)
+        with float64_scope():
+            x64 = ops.cast(xq, 'float64')
+            d = ops.max(x64, axis=-1, keepdims=True) - x64
+            e = self._lookup(exp_table, self.exp_input_quantizer, d)
+            r = self._lookup(inv_table, self.sum_quantizer, ops.sum(e, axis=-1, keepdims=True))
+            y = ops.cast(quantize_with(self.output_quantizer, e * r), self.compute_dtype)
         return ops.where(self._fits(), y, self._direct_forward(xq))
 
     def _direct_forward(self, xq: Any) -> Any:

@@ -199,6 +199,15 @@ def test_training_peak_is_the_largest_magnitude_so_an_element_with_a_large_value
     assert q(np.array([[2.0, -0.3]], np.float32), training=False).numpy().tolist() == [[2.0, 0.0]]
 
 
+@pytest.mark.parametrize('batch', [[[-3.0, -5.0]], [[0.0, -2.0]], [[4.0, 0.5]]])
+def test_the_first_training_batch_sets_the_range_exactly(batch):
+    """Without ``i_init`` the range starts at the first batch's own range, whatever its signs."""
+    q = ActivationQuantizer(granularity='tensor')
+    x = np.array(batch, np.float32)
+    q(x, training=True)
+    assert q.vmin.numpy().tolist() == [x.min()] and q.vmax.numpy().tolist() == [x.max()]
+
+
 # -- hgq.calibrate -----------------------------------------------------------------------------------------------
 
 

@@ -153,6 +153,8 @@ def _skipped_children(node: ast.AST) -> set[int]:
         skip.extend(a.annotation for a in [node.args.vararg, node.args.kwarg] if a is not None)
     if isinstance(node, ast.AnnAssign):
         skip.append(node.annotation)
+    if isinstance(node, ast.arg):
+        skip.append(node.annotation)
     if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == '__all__' for t in node.targets):
         skip.extend(node.targets + [node.value])
     if isinstance(node, ast.keyword) and node.arg == 'stacklevel':
@@ -519,7 +521,8 @@ def summary(out: Path, modules: list[str]) -> None:
         path = out / f'{module}.jsonl'
         if not path.exists():
             continue
-        entries = _latest(path)
+        current = {m.id for f in MODULES[module][0] for m in list_mutants(f)}
+        entries = {i: e for i, e in _latest(path).items() if i in current}
         counts = {'killed': 0, 'timeout': 0, 'survived': 0, 'uncovered': 0, 'equivalent': 0}
         alive = []
         for entry in entries.values():

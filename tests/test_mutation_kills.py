@@ -12,7 +12,7 @@ import pytest
 import hgq
 from hgq.calibrate import CalibrationError
 from hgq.ebops import all_layers, ebops, h_layers, holds_finite_values, layer_ebops
-from hgq.layers import HDense, HQuantize
+from hgq.layers import HAdd, HDense, HQuantize
 from hgq.quantizer import ActivationQuantizer, ScaledStep, WeightQuantizer
 
 # -- hgq.ebops ---------------------------------------------------------------------------------------------------
@@ -208,6 +208,15 @@ def test_the_first_training_batch_sets_the_range_exactly(batch):
     assert q.vmin.numpy().tolist() == [x.min()] and q.vmax.numpy().tolist() == [x.max()]
 
 
+@pytest.mark.parametrize(('value', 'f'), [(1.0, 3), (0.3, 5), (4.0, 1)])
+def test_initial_weight_bits_keep_init_bits_significant_bits(value, f):
+    """``f = ceil(init_bits - 1 - log2(rms))``: a weight of the typical magnitude keeps ``init_bits`` (4) bits."""
+    q = WeightQuantizer()
+    q.build((4,))
+    q.fit_initial_bits(np.full(4, value, np.float32))
+    assert q.f.numpy().tolist() == [float(f)] * 4
+
+
 # -- hgq.calibrate -----------------------------------------------------------------------------------------------
 
 
@@ -240,3 +249,12 @@ def test_calibration_batches_of_one_sample_are_allowed_and_zero_is_refused(capsy
     assert quantizer.vmin.numpy().tolist() == [-1.0, -3.0] and quantizer.vmax.numpy().tolist() == [1.5, 2.0]
     with pytest.raises(CalibrationError, match='batch_size must be a positive integer, got 0'):
         hgq.calibrate(model, data, batch_size=0)
+    hgq.calibrate(model, data[:1])  # one sample is data enough
+    assert quantizer.vmin.numpy().tolist() == [1.5, -3.0] and quantizer.vmax.numpy().tolist() == [1.5, -3.0]
+
+
+def test_calibration_data_of_different_lengths_are_refused():
+    a, b = keras.Input((2,)), keras.Input((2,))
+    model = keras.Model([a, b], HAdd()([HQuantize()(a), HQuantize()(b)]))
+    with pytest.raises(CalibrationError, match=r'different numbers of samples \[3, 2\]'):
+        hgq.calibrate(model, [np.ones((3, 2), np.float32), np.ones((2, 2), np.float32)])

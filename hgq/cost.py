@@ -60,11 +60,11 @@ COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits', 'pool_bits')
 #: LUTs per unit of each term: fitted by ``benchmarks/fit_cost.py`` against yosys ``synth_xilinx -family xcup``
 #: (see benchmarks/README.md for the models and the errors).
 LUT_COEFFICIENTS: dict[str, float] = {
-    'ebops': 0.3795,
-    'adder_bits': 0.4086,
-    'weight_bits': 0.8062,
+    'ebops': 0.3958,
+    'adder_bits': 0.4396,
+    'weight_bits': 0.707,
     'act_bits': 0.0,
-    'pool_bits': 1.7433,
+    'pool_bits': 1.0583,
 }
 
 

@@ -253,8 +253,24 @@ def test_calibration_batches_of_one_sample_are_allowed_and_zero_is_refused(capsy
     assert quantizer.vmin.numpy().tolist() == [1.5, -3.0] and quantizer.vmax.numpy().tolist() == [1.5, -3.0]
 
 
-def test_calibration_data_of_different_lengths_are_refused():
+def test_a_two_input_model_calibrates_each_input_from_its_own_data():
     a, b = keras.Input((2,)), keras.Input((2,))
-    model = keras.Model([a, b], HAdd()([HQuantize()(a), HQuantize()(b)]))
+    qa, qb = HQuantize(name='qa'), HQuantize(name='qb')
+    model = keras.Model([a, b], HAdd()([qa(a), qb(b)]))
     with pytest.raises(CalibrationError, match=r'different numbers of samples \[3, 2\]'):
         hgq.calibrate(model, [np.ones((3, 2), np.float32), np.ones((2, 2), np.float32)])
+    hgq.calibrate(model, [np.array([[1.0, -2.0]], np.float32), np.array([[0.5, 3.0]], np.float32)])
+    assert qa.input_quantizer.vmax.numpy().tolist() == [1.0, -2.0]
+    assert qb.input_quantizer.vmax.numpy().tolist() == [0.5, 3.0]
+
+
+def test_calibration_observes_in_inference_mode_and_keeps_the_pruned_elements():
+    """The training peak decides which elements are pruned; calibration must leave it (and the pruning) alone."""
+    model = keras.Sequential([keras.Input((2,)), HQuantize(name='hq')])
+    quantizer = model.get_layer('hq').input_quantizer
+    x = np.array([[0.001, 3.0]], np.float32)  # at f = 6 the first element is below one step: pruned
+    quantizer(x, training=True)
+    peak = quantizer.train_peak.numpy().copy()
+    hgq.calibrate(model, x)
+    assert np.array_equal(quantizer.train_peak.numpy(), peak)
+    assert model.predict(x, verbose=0).tolist() == [[0.0, 3.0]]

@@ -149,8 +149,15 @@ class ScaledStep(keras.constraints.Constraint):
     """
 
     def __init__(self, variable: Any, scale: float) -> None:
-        # A variable, so that the pace can change during training (set_scale) without retracing the train step.
-        self.scale = keras.Variable(float(scale), trainable=False, dtype=variable.dtype, name=f'{variable.name}_pace')
+        # A variable, so that the pace can change during training (set_scale) without retracing the train step;
+        # an initializer, not a value, for the same reason as `origin` below.
+        self.scale = keras.Variable(
+            keras.initializers.Constant(float(scale)),
+            shape=(),
+            trainable=False,
+            dtype=variable.dtype,
+            name=f'{variable.name}_pace',
+        )
         # Not a layer weight: the value is only meaningful within one training step, so it is neither saved nor
         # listed among the layer's weights. Zeros at first (mark() sets it before it is used): an initializer, not
         # a value, so that the variable can also be created while Keras traces a model to build it.

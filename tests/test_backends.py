@@ -10,6 +10,7 @@ EBOPs, and byte-identical hls4ml firmware sources.
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import keras
@@ -105,7 +106,14 @@ def _run(backend: str, *args: str) -> None:
     assert done.returncode == 0, f'{backend} {args[0]} failed:\n{done.stderr[-4000:]}'
 
 
-def test_model_from_any_backend_is_identical_under_every_backend(tmp_path: Path) -> None:
+def test_model_from_any_backend_is_identical_under_every_backend() -> None:
+    # A directory of its own: this test runs for minutes, longer than pytest keeps the temporary directories of
+    # earlier runs when other pytest runs start meanwhile.
+    with tempfile.TemporaryDirectory(prefix='hgq_backends_') as tmp:
+        _check_identical_under_every_backend(Path(tmp))
+
+
+def _check_identical_under_every_backend(tmp_path: Path) -> None:
     x, y = _data()
     data = tmp_path / 'data.npz'
     np.savez(data, x=x, y=y)

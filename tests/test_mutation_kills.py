@@ -217,6 +217,27 @@ def test_initial_weight_bits_keep_init_bits_significant_bits(value, f):
     assert q.f.numpy().tolist() == [float(f)] * 4
 
 
+@pytest.mark.parametrize('scale', [0.0, -1.0, np.inf, np.nan])
+def test_bits_lr_scale_must_be_finite_and_positive(scale):
+    with pytest.raises(ValueError, match='bits_lr_scale must be a finite number > 0'):
+        ActivationQuantizer(bits_lr_scale=scale)
+
+
+def test_no_step_scaling_for_frozen_bits():
+    q = ActivationQuantizer(f_trainable=False)
+    q.build((None, 2))
+    assert q.f.constraint is None
+    q = ActivationQuantizer(bits_lr_scale=2.0)
+    q.build((None, 2))
+    assert isinstance(q.f.constraint, ScaledStep) and q.f.constraint.scale == 2.0
+
+
+def test_wrap_training_forward_rounds_to_f_bits():
+    q = ActivationQuantizer(f_init=2.0)
+    out = q(np.array([[0.3, -1.1, 2.6]], np.float32), training=True)
+    assert out.numpy().tolist() == [[0.25, -1.0, 2.5]]
+
+
 # -- hgq.calibrate -----------------------------------------------------------------------------------------------
 
 

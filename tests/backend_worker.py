@@ -46,7 +46,9 @@ def inspect(data: Path, out_dir: Path, *models: Path) -> None:
     """For each model: ``out_dir/<model stem>.npz`` with every number the hardware depends on."""
     arrays = np.load(data)
     for model_path in models:
-        model = keras.saving.load_model(model_path)
+        # compile=False: Keras saves the optimizer of a compiled model under its backend's own class (PyTorch's
+        # Adam lives in keras.src.backend.torch); restoring it under TensorFlow imports torch, which crashes here.
+        model = keras.saving.load_model(model_path, compile=False)
         found = {'before_calibration': model.predict(arrays['x'], verbose=0)}
         hgq.calibrate(model, arrays['x'])
         found['calibrated'] = model.predict(arrays['x'], verbose=0)

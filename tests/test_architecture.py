@@ -3,7 +3,8 @@ hls4ml extensions leave plain hls4ml models alone.
 
 Parts, from the bottom up (a module may import modules of its own part or below, never above):
 
-0. math: ``fixed_point``, ``conversion`` (settings and the bit-exact check, plain data), ``fileio``, ``_version``
+0. math: ``fixed_point``, ``conversion`` (settings and the bit-exact check, plain data), ``fileio``, ``_version``,
+   ``backend`` (exact float32 and float64 scopes per Keras backend)
 1. quantizer: ``quantizer``, ``lut``
 2. layers: ``hgq.layers``
 3. training: ``ebops``, ``calibrate``, ``callbacks``, ``summary``, ``datasets``, ``exactness``, ``cost``
@@ -27,6 +28,7 @@ PARTS = {
     'hgq.conversion': 0,
     'hgq.fileio': 0,
     'hgq._version': 0,
+    'hgq.backend': 0,
     'hgq.quantizer': 1,
     'hgq.lut': 1,
     'hgq.layers': 2,

@@ -8,10 +8,10 @@ derandomization come from the hypothesis profile loaded in ``conftest.py``.
 """
 
 from fractions import Fraction
-from math import floor
 
 import keras
 import numpy as np
+from exact_fixed import reference, round_code  # tests/exact_fixed.py
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -57,41 +57,6 @@ def format_and_values(draw, max_width=30, max_exponent=40):
     k, i, f = draw(formats(max_width))
     xs = draw(st.lists(values(f, max_exponent), min_size=1, max_size=40))
     return (k, i, f), np.array(xs, dtype=np.float64)
-
-
-def _round(y: Fraction, mode: str) -> int:
-    low = floor(y)
-    rest = y - low
-    if mode == 'TRN':
-        return low
-    if mode == 'TRN_ZERO':
-        return low if y >= 0 or rest == 0 else low + 1
-    if rest != Fraction(1, 2):
-        return low + (rest > Fraction(1, 2))
-    up = {
-        'RND': True,
-        'RND_ZERO': y < 0,
-        'RND_INF': y > 0,
-        'RND_MIN_INF': False,
-        'RND_CONV': low % 2 == 1,
-    }[mode]
-    return low + up
-
-
-def reference(x: float, k: int, i: int, f: int, round_mode: str, overflow_mode: str) -> float:
-    """ap_fixed cast of one value, in exact integer arithmetic."""
-    b = k + i + f
-    if b <= 0:
-        return 0.0
-    code = _round(Fraction(x) * Fraction(2) ** f, round_mode)
-    lo, hi = -k * 2 ** (b - k), 2 ** (b - k) - 1
-    if overflow_mode == 'WRAP':
-        code = (code - lo) % 2**b + lo
-    else:
-        if overflow_mode == 'SAT_SYM' and k:
-            lo = -max(hi, 1)  # ap_fixed: symmetric range; a 1-bit signed word keeps its one code -1
-        code = min(max(code, lo), hi)
-    return float(Fraction(code) / Fraction(2) ** f)
 
 
 def _reference_array(x, k, i, f, round_mode, overflow_mode):
@@ -165,7 +130,7 @@ def test_wrap_is_modular_arithmetic_and_saturation_clamps(fmt_x, round_mode):
     (k, i, f), x = fmt_x
     b = k + i + f
     wrapped = quantize(x, k, i, f, round_mode, 'WRAP')
-    wide = np.array([float(_round(Fraction(v) * Fraction(2) ** f, round_mode) / Fraction(2) ** f) for v in x])
+    wide = np.array([float(round_code(Fraction(v) * Fraction(2) ** f, round_mode) / Fraction(2) ** f) for v in x])
     saturated = quantize(x, k, i, f, round_mode, 'SAT')
     if b <= 0:
         assert np.all(wrapped == 0.0) and np.all(saturated == 0.0)

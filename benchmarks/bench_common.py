@@ -31,6 +31,7 @@ __all__ = [
     'dump_path',
     'save_dump',
     'load_dump',
+    'equivalence_inputs',
 ]
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -130,23 +131,56 @@ def dump_path(dataset: str, stem: str) -> Path:
     return WORK_DIR / 'dumps' / dataset / f'{stem}.npz'
 
 
-def save_dump(path: Path, meta: dict[str, Any], kernels: list[np.ndarray], input_bits: list[np.ndarray]) -> None:
-    """Write one trained model: ``meta`` (tool, settings, accuracy, times), quantized kernels and input widths."""
+def save_dump(
+    path: Path,
+    meta: dict[str, Any],
+    kernels: list[np.ndarray],
+    input_bits: list[np.ndarray],
+    extra: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write one trained model: ``meta`` (tool, settings, accuracy, times), quantized kernels and input widths.
+
+    ``extra``: further arrays (stored as ``extra_<name>``), e.g. the complete fixed-point formats, biases and the
+    tool's own outputs on :func:`equivalence_inputs` that ``synth_front.py`` rebuilds and checks the model from.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f'kernel_{n}': np.asarray(k, dtype=np.float64) for n, k in enumerate(kernels)}
     arrays.update({f'input_bits_{n}': np.asarray(b, dtype=np.int64) for n, b in enumerate(input_bits)})
+    arrays.update({f'extra_{name}': np.asarray(v) for name, v in (extra or {}).items()})
     np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
 
 def load_dump(path: Path) -> dict[str, Any]:
-    """Read a file written by :func:`save_dump`."""
+    """Read a file written by :func:`save_dump` (``extra``: the extra arrays by name, empty in older dumps)."""
     with np.load(path) as data:
         n = sum(1 for key in data.files if key.startswith('kernel_'))
         return {
             'meta': json.loads(str(data['meta'])),
             'kernels': [data[f'kernel_{i}'] for i in range(n)],
             'input_bits': [data[f'input_bits_{i}'] for i in range(n)],
+            'extra': {key[len('extra_') :]: data[key] for key in data.files if key.startswith('extra_')},
         }
+
+
+def equivalence_inputs(x_test: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Inputs on which a model rebuilt from a dump must equal the tool's own model, output for output.
+
+    The test set, then as many random inputs spread up to 1.5 spans beyond the test set's range (they overflow
+    the first quantizers: wrap or saturate), then as many on a grid of ``2**-8`` over the same span (exact halves
+    of coarser formats: they tell rounding modes apart). float32, deterministic.
+
+    Examples
+    --------
+    >>> equivalence_inputs(np.zeros((5, 3), dtype=np.float32)).shape
+    (15, 3)
+    """
+    x_test = np.asarray(x_test, dtype=np.float32)
+    rng = np.random.default_rng(seed)
+    lo, hi = float(x_test.min()), float(x_test.max())
+    span = max(hi - lo, 1.0)
+    beyond = rng.uniform(lo - 1.5 * span, hi + 1.5 * span, size=x_test.shape)
+    grid = np.round(rng.uniform(lo - 1.5 * span, hi + 1.5 * span, size=x_test.shape) * 256) / 256
+    return np.concatenate([x_test, beyond, grid]).astype(np.float32)
 
 
 def sweep_parser(description: str) -> argparse.ArgumentParser:

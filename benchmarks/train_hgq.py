@@ -15,6 +15,9 @@ as users do:
 
 Both end with :class:`hgq.callbacks.SettleBits`: the activation bitwidths are frozen for the last ``--settle``
 epochs (default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats.
+Constant-``beta`` runs start with :class:`hgq.callbacks.BetaWarmup`: ``beta`` rises linearly from 0 over the first
+``--warmup`` epochs (default ``WARMUP_EPOCHS``: digits 10 of 60; Fashion-MNIST 0, not measured there), so that no
+input or hidden unit is pruned before the weights have learnt (a ramp starts low by itself).
 
 After training, ``hgq.calibrate`` sets the exact integer bits from the training set; the dump holds the quantized
 kernels and the width ``k + i + f`` of every input element of each ``HDense`` (its input quantizer after
@@ -29,13 +32,23 @@ import time
 
 import keras
 import numpy as np
-from bench_common import BETAS, dump_path, save_dump, seed_everything, sweep_parser, sweep_settings
+from bench_common import (
+    BETAS,
+    dump_path,
+    equivalence_inputs,
+    save_dump,
+    seed_everything,
+    sweep_parser,
+    sweep_settings,
+)
 
 import hgq
 from hgq.layers import HDense, HQuantize
 
 # Final epochs with frozen activation bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run.
 SETTLE_EPOCHS = {'digits': 12, 'fashion_mnist': 3}
+# First epochs of a constant-beta run over which beta rises from 0 (hgq.callbacks.BetaWarmup); 0: none.
+WARMUP_EPOCHS = {'digits': 10, 'fashion_mnist': 0}
 
 
 def build(n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
@@ -87,6 +100,26 @@ def accuracy(model: keras.Model, data: dict[str, np.ndarray]) -> float:
     return float(np.mean(np.argmax(logits, axis=-1) == data['y_test']))
 
 
+def full_formats(model: keras.Model, x_test: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+    """What ``synth_front.py`` rebuilds the model from: per-element ``(k, i, f)`` and modes of the ``HQuantize``
+    and of each ``HDense`` input quantizer, biases, activations, and the model's own outputs on
+    ``equivalence_inputs(x_test)``."""
+    dense = [layer for layer in model.layers if isinstance(layer, HDense)]
+    quantize = [layer for layer in model.layers if isinstance(layer, HQuantize)]
+    named = [('input', q.input_quantizer) for q in quantize[:1]]
+    named += [(str(n), layer.input_quantizer) for n, layer in enumerate(dense)]
+    arrays = {f'kif_{name}': np.stack([a.reshape(-1) for a in q.kif()]).astype(np.int64) for name, q in named}
+    for n, layer in enumerate(dense):
+        arrays[f'bias_{n}'] = keras.ops.convert_to_numpy(layer.qbias).astype(np.float64)
+    arrays['equivalence_logits'] = model.predict(equivalence_inputs(x_test), batch_size=4096, verbose=0)
+    formats = {
+        'layers': 'kif_input -> kif_0 -> dense_0 -> kif_1 -> dense_1 (HQuantize, then each HDense input quantizer)',
+        'quantizers': {name: {'round_mode': q.round_mode, 'overflow_mode': q.overflow_mode} for name, q in named},
+        'activations': [layer.activation for layer in dense],
+    }
+    return formats, arrays
+
+
 def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, dataset: str, meta: dict) -> dict:
     """Calibrate ``model`` on the training set, measure it and dump it; returns the metadata written."""
     hgq.calibrate(model, data['x_train'])
@@ -102,7 +135,8 @@ def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, datas
         'input_width': int(quantize[0].input_bits_exact().sum()) if quantize else None,
         'versions': {'hgq': hgq.__version__, 'keras': keras.__version__},
     }
-    save_dump(dump_path(dataset, stem), meta, kernels, input_bits)
+    meta['formats'], extra = full_formats(model, data['x_test'])
+    save_dump(dump_path(dataset, stem), meta, kernels, input_bits, extra)
     return meta
 
 
@@ -110,17 +144,27 @@ def settle_callbacks(settle: int) -> list:
     return [hgq.callbacks.SettleBits(settle)] if settle else []
 
 
-def run_hgq(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], settings: dict, settle: int = 0) -> None:
+def run_hgq(
+    dataset: str,
+    beta: float,
+    seed: int,
+    data: dict[str, np.ndarray],
+    settings: dict,
+    settle: int = 0,
+    warmup: int = 0,
+) -> None:
     seed_everything(seed)
     n_classes = int(data['y_train'].max()) + 1
     model = build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
-    train_s = fit(model, data, settings, callbacks=settle_callbacks(settle))
+    callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup and beta else []
+    train_s = fit(model, data, settings, callbacks=callbacks + settle_callbacks(settle))
     meta = {
         'config': f'beta={beta:g}',
         'beta': beta,
         'train_seconds': train_s,
         'seed': seed,
         'settle_epochs': settle,
+        'warmup_epochs': warmup if beta else 0,
         **settings,
     }
     try:
@@ -205,16 +249,22 @@ def main() -> None:
     parser.add_argument(
         '--settle', type=int, default=None, help='final epochs with frozen activation bitwidths (SettleBits)'
     )
+    parser.add_argument(
+        '--warmup', type=int, default=None, help='first epochs of a constant-beta run with beta rising from 0'
+    )
     args = parser.parse_args()
     settings, data = sweep_settings(args)
     settle = SETTLE_EPOCHS[args.dataset] if args.settle is None else args.settle
     if not 0 <= settle < settings['epochs']:
         raise SystemExit(f'--settle: need 0 <= SETTLE < epochs ({settings["epochs"]}), got {settle}')
+    warmup = WARMUP_EPOCHS[args.dataset] if args.warmup is None else args.warmup
+    if not 0 <= warmup < settings['epochs'] - settle:
+        raise SystemExit(f'--warmup: need 0 <= WARMUP < epochs - settle ({settings["epochs"] - settle}), got {warmup}')
     for seed in args.seeds:
         if not args.no_float:
             run_float(args.dataset, seed, data, settings)
         for beta in args.betas:
-            run_hgq(args.dataset, beta, seed, data, settings, settle)
+            run_hgq(args.dataset, beta, seed, data, settings, settle, warmup)
         for ramp in args.ramps:
             run_ramp(args.dataset, ramp, seed, data, settings, settle)
 

@@ -15,7 +15,15 @@ import time
 
 import keras
 import numpy as np
-from bench_common import BETAS, dump_path, save_dump, seed_everything, sweep_parser, sweep_settings
+from bench_common import (
+    BETAS,
+    dump_path,
+    equivalence_inputs,
+    save_dump,
+    seed_everything,
+    sweep_parser,
+    sweep_settings,
+)
 
 import hgq
 from hgq.config import LayerConfigScope
@@ -34,6 +42,29 @@ def input_widths(layer: QDense) -> np.ndarray:
     k, i, f = (keras.ops.convert_to_numpy(v).astype(np.int64) for v in layer.iq.quantizer.kif)
     shape = (int(layer.kernel.shape[0]),)
     return np.maximum(np.broadcast_to(k + i + f, (1, *shape)).reshape(shape), 0)
+
+
+def full_formats(model: keras.Model, dense: list[QDense], x_test: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+    """What ``synth_front.py`` rebuilds the model from: per-element ``(k, i, f)`` and modes of every input
+    quantizer, biases, activations, and the model's own outputs on ``equivalence_inputs(x_test)``."""
+    arrays: dict[str, np.ndarray] = {}
+    quantizers = {}
+    for n, layer in enumerate(dense):
+        q = layer.iq.quantizer
+        shape = (int(layer.kernel.shape[0]),)
+        kif = [
+            np.broadcast_to(keras.ops.convert_to_numpy(v).astype(np.int64), (1, *shape)).reshape(shape) for v in q.kif
+        ]
+        arrays[f'kif_{n}'] = np.stack(kif)
+        arrays[f'bias_{n}'] = keras.ops.convert_to_numpy(layer.qbias).astype(np.float64)
+        quantizers[str(n)] = {'round_mode': q.round_mode, 'overflow_mode': q.overflow_mode}
+    arrays['equivalence_logits'] = model.predict(equivalence_inputs(x_test), batch_size=4096, verbose=0)
+    formats = {
+        'layers': 'kif_0 -> dense_0 -> kif_1 -> dense_1 (input quantizer of each QDense; none at the output)',
+        'quantizers': quantizers,
+        'activations': [layer.activation.__name__ if layer.activation else None for layer in dense],
+    }
+    return formats, arrays
 
 
 def run(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
@@ -70,7 +101,10 @@ def run(dataset: str, beta: float, seed: int, data: dict[str, np.ndarray], setti
         **settings,
     }
     kernels = [keras.ops.convert_to_numpy(layer.qkernel) for layer in dense]
-    save_dump(dump_path(dataset, f'hgq2_beta{beta:g}_seed{seed}'), meta, kernels, [input_widths(d) for d in dense])
+    meta['formats'], extra = full_formats(model, dense, data['x_test'])
+    save_dump(
+        dump_path(dataset, f'hgq2_beta{beta:g}_seed{seed}'), meta, kernels, [input_widths(d) for d in dense], extra
+    )
     print(f'hgq2 beta={beta:g} seed={seed}: acc {meta["test_accuracy"]:.4f}, own EBOPs {own_ebops}')
 
 

@@ -15,7 +15,7 @@ import os
 import time
 
 import numpy as np
-from bench_common import dump_path, save_dump, seed_everything, sweep_parser, sweep_settings
+from bench_common import dump_path, equivalence_inputs, save_dump, seed_everything, sweep_parser, sweep_settings
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -39,6 +39,29 @@ def build(n_in: int, hidden: int, n_out: int, bits: int, act_int: int) -> keras.
             QDense(n_out, kernel_quantizer=weights(), bias_quantizer=weights(), name='dense_1'),
         ]
     )
+
+
+def full_formats(model: keras.Model, x_test: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+    """What ``synth_front.py`` rebuilds the model from: the ``(k, i, f)`` of each ``quantized_relu`` (unsigned,
+    ``integer`` integer bits, ``bits - integer`` fractional bits, saturating, rounding half to even as ``tf.round``
+    does), biases, and the model's own outputs on ``equivalence_inputs(x_test)``."""
+    arrays: dict[str, np.ndarray] = {}
+    for n, (act, dense) in enumerate([('q_in', 'dense_0'), ('q_hidden', 'dense_1')]):
+        q = model.get_layer(act).quantizer
+        if q.negative_slope or q.use_sigmoid or q.relu_upper_bound is not None or not q.is_quantized_clip:
+            raise ValueError(f'{act}: only a plain quantized_relu is exported')
+        layer = model.get_layer(dense)
+        n_in = int(layer.kernel.shape[0])
+        arrays[f'kif_{n}'] = np.stack([np.zeros(n_in), np.full(n_in, q.integer), np.full(n_in, q.bits - q.integer)])
+        arrays[f'kif_{n}'] = arrays[f'kif_{n}'].astype(np.int64)
+        arrays[f'bias_{n}'] = layer.bias_quantizer_internal(layer.bias).numpy().astype(np.float64)
+    arrays['equivalence_logits'] = model.predict(equivalence_inputs(x_test), batch_size=4096, verbose=0)
+    formats = {
+        'layers': "kif_0 -> dense_0 -> kif_1 -> dense_1 (q_in is dense_0's input, q_hidden dense_1's)",
+        'quantizers': {n: {'round_mode': 'RND_CONV', 'overflow_mode': 'SAT'} for n in ('0', '1')},
+        'activations': [None, None],
+    }
+    return formats, arrays
 
 
 def run(dataset: str, bits: int, act_int: int, seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
@@ -76,7 +99,8 @@ def run(dataset: str, bits: int, act_int: int, seed: int, data: dict[str, np.nda
         'versions': {'qkeras': qkeras.__version__, 'tensorflow': tf.__version__},
         **settings,
     }
-    save_dump(dump_path(dataset, f'qkeras_b{bits}_i{act_int}_seed{seed}'), meta, kernels, input_bits)
+    meta['formats'], extra = full_formats(model, data['x_test'])
+    save_dump(dump_path(dataset, f'qkeras_b{bits}_i{act_int}_seed{seed}'), meta, kernels, input_bits, extra)
     print(f'qkeras b={bits} i_act={act_int} seed={seed}: acc {meta["test_accuracy"]:.4f}, {train_s:.1f} s')
 
 

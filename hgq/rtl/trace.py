@@ -8,7 +8,9 @@ result, :class:`TracedModel`, holds the logic (``comb``) and the format of every
 The input ports take each model input in the format the first quantizer needs (for ``RND`` one fractional bit
 more than the quantizer, so the rounding happens inside the logic): :meth:`TracedModel.encode_inputs` maps float
 inputs onto the ports exactly as a ``TRN`` quantization with the port's overflow mode (``WRAP``, or ``SAT`` when
-the first quantizer saturates).
+the first quantizer saturates). A first quantizer that rounds ties to even (``RND_CONV``) reads ports with two
+more fractional bits, fed as a ``TRN`` to one more bit plus a sticky bit (set when anything below was cut off), so
+that the logic tells exact ties from values just above them.
 
 Examples
 --------
@@ -27,7 +29,7 @@ from typing import Any
 import keras
 import numpy as np
 from da4ml.trace import FixedVariableArray, FixedVariableArrayInput, HWConfig, comb_trace
-from da4ml.trace.fixed_variable import FixedVariableInput
+from da4ml.trace.fixed_variable import FixedVariable, FixedVariableInput
 from da4ml.types import CombLogic
 from keras import ops
 
@@ -50,8 +52,8 @@ from hgq.quantizer import ActivationQuantizer
 
 __all__ = ['TraceError', 'TracedModel', 'trace_model', 'SUPPORTED_LAYERS']
 
-#: Rounding modes the logic expresses exactly (da4ml: truncation and round-half-up).
-TRACEABLE_ROUND_MODES = ('TRN', 'RND')
+#: Rounding modes the logic expresses exactly (da4ml: truncation and round-half-up; ties to even built here).
+TRACEABLE_ROUND_MODES = ('TRN', 'RND', 'RND_CONV')
 
 SUPPORTED_LAYERS = (
     'HQuantize, HDense, HConv1D, HConv2D, HDenseBatchNorm, HConv1DBatchNorm, HConv2DBatchNorm, HBatchNormalization, '
@@ -78,6 +80,8 @@ class TracedModel:
         ``(n_inputs,)`` ``'WRAP'`` or ``'SAT'``: how a float input is brought into its port format.
     input_shape, output_shape : tuple of int
         Per-sample shapes of the model input and output.
+    input_sticky : np.ndarray or None
+        ``(n_inputs,)`` True where the port's last fractional bit is a sticky bit (see the module docstring).
     """
 
     comb: CombLogic
@@ -85,14 +89,21 @@ class TracedModel:
     input_overflow: np.ndarray
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
+    input_sticky: np.ndarray | None = None
 
     def encode_inputs(self, x: np.ndarray) -> np.ndarray:
         """Float model inputs ``(n, *input_shape)`` as the port values: ``TRN`` into each port's format.
 
-        Inputs the logic does not read (zero-width ports) become 0.
+        Inputs the logic does not read (zero-width ports) become 0. Sticky ports get ``TRN`` to one bit less,
+        plus their last bit where anything below it was cut off.
         """
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         k, i, f = self.input_kif
+        if self.input_sticky is not None and self.input_sticky.any():
+            sticky = self.input_sticky
+            kept = np.floor(x[:, sticky] * 2.0 ** (f[sticky] - 1)) / 2.0 ** (f[sticky] - 1)
+            x = x.copy()
+            x[:, sticky] = kept + np.where(kept != x[:, sticky], 2.0 ** -f[sticky], 0.0)
         out = np.zeros_like(x)
         for mode in ('WRAP', 'SAT'):
             sel = self.input_overflow == mode
@@ -121,14 +132,45 @@ def _requantize(layer: keras.layers.Layer, quantizer: ActivationQuantizer, x: Fi
     """``quantizer`` applied to a traced tensor (formats from ``kif()``, as the hardware uses them)."""
     _check_round_mode(layer, quantizer)
     k, i, f = quantizer.kif()
+    reads_input = any(isinstance(v, FixedVariableInput) for v in x._vars.ravel())
     if isinstance(x, _ModelInput):
         x = x.prepare(k, i, f, quantizer)
-    elif quantizer.overflow_mode != 'WRAP' and any(isinstance(v, FixedVariableInput) for v in x._vars.ravel()):
+    elif reads_input and (quantizer.overflow_mode != 'WRAP' or quantizer.round_mode == 'RND_CONV'):
         raise TraceError(
-            f'layer {layer.name!r}: its saturating quantizer reads the model input through Flatten/Reshape; '
-            'the logic tracer needs it right after the input (add an HQuantize there)'
+            f'layer {layer.name!r}: its quantizer ({quantizer.overflow_mode}, {quantizer.round_mode}) reads the model '
+            'input through Flatten/Reshape; the logic tracer needs it right after the input (add an HQuantize there)'
         )
+    if quantizer.round_mode == 'RND_CONV':
+        x = _round_half_even(x, f)
+        return x.quantize(k, i, f, overflow_mode=quantizer.overflow_mode, round_mode='TRN')
     return x.quantize(k, i, f, overflow_mode=quantizer.overflow_mode, round_mode=quantizer.round_mode)
+
+
+def _round_half_even(x: FixedVariableArray, f: np.ndarray) -> FixedVariableArray:
+    """Round every element to ``f`` fractional bits, ties to even, keeping its integer range (no overflow).
+
+    With ``ulp`` the input's last bit and ``lsb`` the bit of weight ``2**-f`` (the last one kept), ties to even is
+    ``TRN(x + 2**-(f+1) - ulp + lsb * ulp)``: a tie rounds up only where ``lsb`` is 1; everything else rounds as
+    half up does.
+    """
+    f = np.broadcast_to(np.asarray(f, dtype=np.int64), x.shape)
+    out = np.empty(x.shape, dtype=object)
+    for index, v in np.ndenumerate(x._vars):
+        f_out = int(f[index])
+        k_in, i_in, f_in = v.kif
+        if v.low == v.high:  # a constant
+            value = float(quantize_np(np.float64(v.low), 1, max(int(i_in), 0) + 2, f_out, 'RND_CONV', 'WRAP'))
+            out[index] = FixedVariable.from_const(value, hwconf=v.hwconf)
+            continue
+        if f_in <= f_out:
+            out[index] = v
+            continue
+        kept = v.quantize(k_in, i_in, f_out, 'WRAP', 'TRN') - v.quantize(k_in, i_in, f_out - 1, 'WRAP', 'TRN')
+        lsb_ulp = kept * 2.0 ** (f_out - f_in)  # lsb * ulp
+        shifted = v + (2.0 ** (-f_out - 1) - 2.0**-f_in) + lsb_ulp
+        k_s, i_s, _ = shifted.kif
+        out[index] = shifted.quantize(k_s, i_s, f_out, 'WRAP', 'TRN')
+    return FixedVariableArray(out, x.solver_options, hwconf=x.hwconf)
 
 
 class _ModelInput(FixedVariableArrayInput):
@@ -137,25 +179,32 @@ class _ModelInput(FixedVariableArrayInput):
     def __init__(self, shape: tuple[int, ...], hwconf: HWConfig) -> None:
         super().__init__(shape, hwconf)
         self.overflow = np.full(shape, 'WRAP', dtype=object)
+        self.sticky = np.zeros(shape, dtype=bool)
         self.ports = self._vars.copy()
         self.modes: set[str] = set()
 
     def prepare(
         self, k: np.ndarray, i: np.ndarray, f: np.ndarray, quantizer: ActivationQuantizer
     ) -> FixedVariableArray:
-        """WRAP quantizers read the ports directly; SAT ones through a wider WRAP format fed with saturation."""
+        """WRAP quantizers read the ports directly; SAT ones through a wider WRAP format fed with saturation.
+
+        A quantizer rounding ties to even reads them through a format with two more fractional bits, the last a
+        sticky bit (:meth:`TracedModel.encode_inputs`).
+        """
         port_mode = 'WRAP' if quantizer.overflow_mode == 'WRAP' else 'SAT'
-        self.modes.add(port_mode)
+        sticky = quantizer.round_mode == 'RND_CONV'
+        self.modes.add((port_mode, sticky))
         if len(self.modes) > 1:
             raise TraceError(
-                f'quantizer {quantizer.name!r}: the model input is read by both wrapping and saturating quantizers; '
-                'the logic tracer needs one overflow mode for the input ports'
+                f'quantizer {quantizer.name!r}: the model input is read by quantizers with different overflow or '
+                'tie-rounding modes; the logic tracer needs one input port format'
             )
-        if port_mode == 'WRAP':
+        if port_mode == 'WRAP' and not sticky:
             return self
-        extra_f = 1 if quantizer.round_mode == 'RND' else 0
+        extra_f = 2 if sticky else 1 if quantizer.round_mode == 'RND' else 0
         wide = self.quantize(np.ones_like(k), np.max(i) + 1, f + extra_f, overflow_mode='WRAP', round_mode='TRN')
-        self.overflow[...] = 'SAT'
+        self.overflow[...] = port_mode
+        self.sticky[...] = sticky
         return wide
 
 
@@ -402,6 +451,7 @@ def trace_model(
         input_overflow=model_input.overflow.ravel(),
         input_shape=input_shape,
         output_shape=tuple(int(s) for s in model.outputs[0].shape[1:]),
+        input_sticky=model_input.sticky.ravel(),
     )
 
 

@@ -463,11 +463,13 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         A pruned element outputs exactly 0, as at inference, and passes no gradient to ``x``; ``f`` still gets the
         gradient it would get unpruned, so an element whose loss of information hurts can grow back.
         """
+        # One rounding for both kinds of element (the gradient of each bitwidth comes from its own elements only,
+        # as every pruned mask is constant over the elements that share one bitwidth).
+        pruned = ops.stop_gradient(self._pruned(f))
+        x = ops.where(pruned, ops.stop_gradient(x), x)
         scale = 2.0**f
-        round_fn = _round_codes_ste(self.round_mode)
-        q = round_fn(x * scale) / scale
-        q_f = round_fn(ops.stop_gradient(x) * scale) / scale  # depends on f only
-        return ops.where(ops.stop_gradient(self._pruned(f)), q_f - ops.stop_gradient(q_f), q)
+        q = _round_codes_ste(self.round_mode)(x * scale) / scale
+        return q - ops.stop_gradient(ops.where(pruned, q, 0.0))
 
     def _track(self, x: Any) -> None:
         axes = _reduce_axes(self.shape, self.vmax.shape, batch=True)

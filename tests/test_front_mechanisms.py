@@ -175,7 +175,9 @@ def test_hquantize_bits_are_paid_in_the_loss_and_shrink_under_beta(digits):
     model(x[:4], training=True)
     width = float(keras.ops.sum(layer.input_quantizer.bits()).numpy())
     assert width > 0 and float(layer.bits_cost().numpy()) == width
-    assert sum(float(v) for v in layer.losses) == pytest.approx(1e-4 * width, rel=1e-6)
+    q = layer.input_quantizer
+    decay = q.bits_decay * float(keras.ops.sum(keras.ops.relu(q.f)))  # the default pull of every bitwidth to 0
+    assert sum(float(v) for v in layer.losses) == pytest.approx(1e-4 * width + decay, rel=1e-6)
     widths = {}
     for beta in (0.0, 1e-4):
         model = _mlp(beta)
@@ -274,6 +276,54 @@ def test_settle_bits_and_pace_refuse_bad_values():
         q.set_bits_pace(-1.0)
     q.set_bits_pace(0.5)
     assert q.f.constraint.get_config() == {'scale': BITS_LR_SCALE * 0.5} and q.bits_lr_scale == BITS_LR_SCALE
+
+
+# -- warming up beta ---------------------------------------------------------------------------------------------
+
+
+class _Betas(keras.callbacks.Callback):
+    """Every H-layer's ``beta`` as used in each epoch (read after the warm-up has set it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append([float(layer.beta.numpy()) for layer in h_layers(self.model)])
+
+
+def test_beta_warmup_raises_each_layers_beta_from_zero_and_restores_it(digits):
+    x, y = digits
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [keras.Input((64,)), HQuantize(beta=2e-5), HDense(8, activation='relu', beta=1e-5), HDense(10, beta=4e-5)]
+    )
+    _compile(model)
+    betas = _Betas()
+    history = model.fit(
+        x[:256], y[:256], epochs=4, batch_size=64, verbose=0, callbacks=[hgq.callbacks.BetaWarmup(2), betas]
+    )
+    targets = np.array([2e-5, 1e-5, 4e-5], 'float32')
+    np.testing.assert_allclose(betas.epochs, [0 * targets, 0.5 * targets, targets, targets], rtol=1e-6)
+    assert history.history['beta_scale'] == [0.0, 0.5, 1.0, 1.0] and len(history.history['ebops']) == 4
+    model.fit(x[:256], y[:256], epochs=1, batch_size=64, verbose=0, callbacks=[hgq.callbacks.BetaWarmup(5)])
+    np.testing.assert_allclose([layer.beta.numpy() for layer in h_layers(model)], targets, rtol=1e-6)  # set back
+
+
+def test_beta_warmup_keeps_input_bits_before_the_weights_learn(digits):
+    """At a large beta, the first epoch without a warm-up cuts the input bits that a warmed-up run still keeps."""
+    x, y = digits
+    widths = {}
+    for warmup in (0, 5):
+        model = _mlp(3e-3)
+        model.optimizer.learning_rate.assign(1e-2)  # bits move ~4e-2 per step: one epoch is enough to cut some
+        callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup else []
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=callbacks)
+        hgq.calibrate(model, x)
+        widths[warmup] = int(model.layers[0].input_bits_exact().sum())
+    assert widths[5] > 1.1 * widths[0], widths  # measured: 389 against 329 bits
+    with pytest.raises(ValueError, match='BetaWarmup: epochs'):
+        hgq.callbacks.BetaWarmup(0)
 
 
 def test_pruned_elements_convert_bit_exactly(tmp_path):

@@ -5,6 +5,7 @@
 # (VENV_ROOT). REUSE_PEERS=1 retrains only hgq and takes the peers' runs from the existing results JSON (for when
 # their scripts did not change); with it, HGQ2_BETAS="..." trains HGQ2 at these extra betas and adds them to the
 # reused runs. SEEDS, BETAS and RAMPS override the sweep of hgq (and of HGQ2 without REUSE_PEERS); SETTLE the final epochs with frozen bitwidths of train_hgq.py.
+# WARMUP_BETAS: hgq's constant betas also trained with a beta warm-up (BetaWarmup; WARMUP its epochs).
 set -euo pipefail
 DATASET=${1:-digits}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -13,17 +14,19 @@ ROOT=${VENV_ROOT:-/work/bench_venvs}
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 
 if [ "$DATASET" = digits ]; then
-    BETAS=${BETAS:-"0 1e-7 3e-7 1e-6 3e-6 1e-5 3e-5 1e-4 2e-4 3e-4"}; RAMPS=${RAMPS:-"1e-6:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
+    BETAS=${BETAS:-"0 1e-7 3e-7 1e-6 3e-6 5e-6 1e-5 3e-5 5e-5 1e-4 2e-4 3e-4"}; RAMPS=${RAMPS:-"1e-6:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
+    WARMUP_BETAS=${WARMUP_BETAS-"5e-6 5e-5"}
     PREP=""
 else
     BETAS=${BETAS:-"0 3e-7 3e-6 1e-5 3e-5 3e-4"}; RAMPS=${RAMPS:-"1e-7:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
+    WARMUP_BETAS=${WARMUP_BETAS-""}
     PREP="--fashion"
 fi
 
 rm -rf "$HERE/work/dumps/$DATASET"
 "$HGQ_VENV/bin/python" "$HERE/prepare_data.py" $PREP
 "$HGQ_VENV/bin/python" "$HERE/train_hgq.py" --dataset "$DATASET" --betas $BETAS --ramps $RAMPS --seeds $SEEDS \
-    ${SETTLE:+--settle $SETTLE}
+    --warmup-betas $WARMUP_BETAS ${SETTLE:+--settle $SETTLE} ${WARMUP:+--warmup $WARMUP}
 if [ "${REUSE_PEERS:-0}" = 1 ]; then
     if [ -n "${HGQ2_BETAS:-}" ]; then
         "$ROOT/hgq2/bin/python" "$HERE/train_hgq2.py" --dataset "$DATASET" --betas $HGQ2_BETAS --seeds $SEEDS

@@ -15,9 +15,10 @@ as users do:
 
 Both end with :class:`hgq.callbacks.SettleBits`: the activation bitwidths are frozen for the last ``--settle``
 epochs (default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats.
-Constant-``beta`` runs start with :class:`hgq.callbacks.BetaWarmup`: ``beta`` rises linearly from 0 over the first
-``--warmup`` epochs (default ``WARMUP_EPOCHS``: digits 10 of 60; Fashion-MNIST 0, not measured there), so that no
-input or hidden unit is pruned before the weights have learnt (a ramp starts low by itself).
+Constant-``beta`` runs of ``--warmup-betas`` start with :class:`hgq.callbacks.BetaWarmup` (setting
+``beta=B, warm-up N``): ``beta`` rises linearly from 0 over the first ``--warmup`` epochs (default
+``WARMUP_EPOCHS``: a sixth of the run), so that no input or hidden unit is pruned before the weights have learnt
+(a ramp starts low by itself); ``--betas`` runs start at their full ``beta``.
 
 After training, ``hgq.calibrate`` sets the exact integer bits from the training set; the dump holds the quantized
 kernels and the width ``k + i + f`` of every input element of each ``HDense`` (its input quantizer after
@@ -48,7 +49,7 @@ from hgq.layers import HDense, HQuantize
 # Final epochs with frozen activation bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run.
 SETTLE_EPOCHS = {'digits': 12, 'fashion_mnist': 3}
 # First epochs of a constant-beta run over which beta rises from 0 (hgq.callbacks.BetaWarmup); 0: none.
-WARMUP_EPOCHS = {'digits': 10, 'fashion_mnist': 0}
+WARMUP_EPOCHS = {'digits': 10, 'fashion_mnist': 3}
 
 
 def build(n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
@@ -156,23 +157,26 @@ def run_hgq(
     seed_everything(seed)
     n_classes = int(data['y_train'].max()) + 1
     model = build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
-    callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup and beta else []
+    callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup else []
     train_s = fit(model, data, settings, callbacks=callbacks + settle_callbacks(settle))
     meta = {
-        'config': f'beta={beta:g}',
+        'config': f'beta={beta:g}' + (f', warm-up {warmup}' if warmup else ''),
         'beta': beta,
         'train_seconds': train_s,
         'seed': seed,
         'settle_epochs': settle,
-        'warmup_epochs': warmup if beta else 0,
+        'warmup_epochs': warmup,
         **settings,
     }
     try:
-        meta = dump_model(model, data, f'hgq_beta{beta:g}_seed{seed}', dataset, meta)
+        stem = f'hgq_beta{beta:g}' + (f'_warmup{warmup}' if warmup else '') + f'_seed{seed}'
+        meta = dump_model(model, data, stem, dataset, meta)
     except hgq.exactness.InexactError as err:
-        print(f'hgq beta={beta:g} seed={seed}: not dumped, calibration refused the model: {err}', flush=True)
+        print(f'hgq {meta["config"]} seed={seed}: not dumped, calibration refused the model: {err}', flush=True)
         return
-    print(f'hgq beta={beta:g} seed={seed}: acc {meta["test_accuracy"]:.4f}, EBOPs {meta["own_ebops"]:.0f}', flush=True)
+    print(
+        f'hgq {meta["config"]} seed={seed}: acc {meta["test_accuracy"]:.4f}, EBOPs {meta["own_ebops"]:.0f}', flush=True
+    )
 
 
 def run_ramp(
@@ -249,21 +253,22 @@ def main() -> None:
     parser.add_argument(
         '--settle', type=int, default=None, help='final epochs with frozen activation bitwidths (SettleBits)'
     )
-    parser.add_argument(
-        '--warmup', type=int, default=None, help='first epochs of a constant-beta run with beta rising from 0'
-    )
+    parser.add_argument('--warmup-betas', type=float, nargs='*', default=[], help='constant betas with a warm-up')
+    parser.add_argument('--warmup', type=int, default=None, help='epochs of the warm-up of --warmup-betas runs')
     args = parser.parse_args()
     settings, data = sweep_settings(args)
     settle = SETTLE_EPOCHS[args.dataset] if args.settle is None else args.settle
     if not 0 <= settle < settings['epochs']:
         raise SystemExit(f'--settle: need 0 <= SETTLE < epochs ({settings["epochs"]}), got {settle}')
     warmup = WARMUP_EPOCHS[args.dataset] if args.warmup is None else args.warmup
-    if not 0 <= warmup < settings['epochs'] - settle:
-        raise SystemExit(f'--warmup: need 0 <= WARMUP < epochs - settle ({settings["epochs"] - settle}), got {warmup}')
+    if not 0 < warmup < settings['epochs'] - settle:
+        raise SystemExit(f'--warmup: need 0 < WARMUP < epochs - settle ({settings["epochs"] - settle}), got {warmup}')
     for seed in args.seeds:
         if not args.no_float:
             run_float(args.dataset, seed, data, settings)
         for beta in args.betas:
+            run_hgq(args.dataset, beta, seed, data, settings, settle)
+        for beta in args.warmup_betas:
             run_hgq(args.dataset, beta, seed, data, settings, settle, warmup)
         for ramp in args.ramps:
             run_ramp(args.dataset, ramp, seed, data, settings, settle)

@@ -295,3 +295,218 @@ def test_calibration_observes_in_inference_mode_and_keeps_the_pruned_elements():
     hgq.calibrate(model, x)
     assert np.array_equal(quantizer.train_peak.numpy(), peak)
     assert model.predict(x, verbose=0).tolist() == [[0.0, 3.0]]
+
+
+# -- hgq.quantizer: pruned elements, tracked sign and integer bits, initial weight bits -----------------------------
+
+
+def _trained_once(x, f_init):
+    q = ActivationQuantizer(f_init=f_init)
+    out = q(np.asarray(x, np.float32), training=True)
+    return q, out.numpy()
+
+
+def test_an_element_below_one_step_is_exactly_zero_in_training_and_one_step_is_kept():
+    """Peak ``0.2`` at ``f = 2`` (``0.2 * 4 < 1``): pruned, 0 although 0.2 rounds to 0.25; a peak of exactly one step
+    (``0.25``) is kept; ``0.6`` at ``f = 3`` rounds to ``5/8``."""
+    _, out = _trained_once([[0.2, 0.25, 1.1]], 2.0)
+    assert out.tolist() == [[0.0, 0.25, 1.0]]
+    _, out = _trained_once([[0.6, 0.3]], 3.0)
+    assert out.tolist() == [[0.625, 0.25]]
+
+
+def test_a_pruned_element_has_width_zero_and_outputs_zero_for_any_value():
+    """Pruned: ``k = 0, i = -f`` (width 0, no bits), and 0 at inference even for values far outside its range."""
+    q, _ = _trained_once([[0.001, 3.0]], 6.0)
+    k, i, f = q.kif()
+    assert k.tolist() == [0, 0] and i.tolist() == [-6, 2] and f.tolist() == [6, 6]  # 3.0 alone: unsigned, 2 bits
+    assert q.bits().numpy().tolist() == [0.0, 8.0]
+    assert q(np.array([[-5.0, 1.0]], np.float32), training=False).numpy().tolist() == [[0.0, 1.0]]
+
+
+def test_a_pruned_element_gets_the_gradient_of_f_it_would_get_unpruned():
+    """``d out / d f = -ln2 (q - x)`` also where the element is pruned (so that it can grow back)."""
+    import tensorflow as tf
+
+    x = np.array([[0.1, 0.3]], np.float32)  # at f = 2 the first element is pruned (0.1 * 4 < 1)
+    q = ActivationQuantizer(f_init=2.0)
+    q.build((None, 2))
+    with tf.GradientTape() as tape:
+        out = q(x, training=True)
+    grad = tape.gradient(out, q.f).numpy()
+    rounded = np.floor(x * 4 + 0.5) / 4
+    assert out.numpy().tolist() == [[0.0, 0.25]]
+    np.testing.assert_allclose(grad, (-np.log(2) * (rounded - x))[0], rtol=1e-6)
+    assert grad[0] != 0
+
+
+@pytest.mark.parametrize(('vmin', 'i'), [(-3.0, 2), (-0.25, -2), (-4.0, 2), (-0.3, -1)])
+def test_the_integer_bits_of_a_negative_range_hold_its_minimum(vmin, i):
+    """Signed ``i`` holds ``[-2**i, 2**i)``: the fewest integer bits that hold the range ``[vmin, 0]``."""
+    q = ActivationQuantizer(f_init=4.0, i_init=0.0)
+    q.build((None, 1))
+    q.set_range(vmin, 0.0)
+    k, got, _ = q.kif()
+    assert k.tolist() == [1] and got.tolist() == [i]
+    assert q(np.array([[vmin]], np.float32)).numpy().tolist() == [[np.floor(vmin * 16 + 0.5) / 16]]
+
+
+def test_quantizers_apply_to_symbolic_tensors():
+    assert ActivationQuantizer().compute_output_shape((None, 3)) == (None, 3)
+    out = ActivationQuantizer()(keras.Input((3, 2)))
+    assert tuple(out.shape) == (None, 3, 2)
+
+
+def test_the_calibrated_flag_is_set_by_calibration_only_and_cleared_by_training():
+    model = keras.Sequential([keras.Input((2,)), HQuantize(name='hq')])
+    quantizer = model.get_layer('hq').input_quantizer
+    assert float(quantizer.calibrated.numpy()) == 0.0
+    hgq.calibrate(model, np.ones((2, 2), np.float32))
+    assert float(quantizer.calibrated.numpy()) == 1.0
+    quantizer(np.ones((1, 2), np.float32), training=True)
+    assert float(quantizer.calibrated.numpy()) == 0.0
+
+
+def test_no_bits_penalty_no_weight_loss_term():
+    """``bits_l1=0`` adds no loss term (not a zero one): the penalty is one more loss only when asked for."""
+    counts = []
+    for q in (WeightQuantizer(f_init=2.0, bits_decay=0.0), WeightQuantizer(f_init=2.0, bits_decay=0.0, bits_l1=1e-3)):
+        q.build((3,))
+        q(np.ones(3, np.float32), training=True)
+        counts.append(len(q.losses))
+    assert counts[1] == counts[0] + 1
+
+
+def test_scaled_step_config_names_its_scale():
+    step = ScaledStep(keras.Variable(1.0), 4.0)
+    assert step.get_config() == {'scale': 4.0}
+    step.set_scale(0.5)
+    assert step.get_config() == {'scale': 0.5}
+
+
+def test_a_bit_pace_below_one_is_allowed():
+    assert ActivationQuantizer(bits_lr_scale=0.5).bits_lr_scale == 0.5
+
+
+def test_initial_weight_bits_use_the_rms_of_the_whole_tensor_per_element_and_per_tensor():
+    """``element``/``tensor``: one typical magnitude for the tensor (rms 0.8660 -> ``f = ceil(3.21) = 4`` for all)."""
+    weights = np.array([1.0, 1.0, 1.0, 0.01], np.float32)
+    for granularity, shape in (('element', [4]), ('tensor', [1])):
+        q = WeightQuantizer(granularity=granularity)
+        q.build((4,))
+        q.fit_initial_bits(weights)
+        assert q.f.numpy().tolist() == [4.0] * shape[0]
+
+
+@pytest.mark.parametrize('channel_axis', [-1, 0])
+def test_initial_weight_bits_per_channel_use_each_channels_rms(channel_axis):
+    """Channel rms 1 -> ``f = 3``; rms 0.25 -> ``f = 5``; along the channel axis, whichever it is."""
+    weights = np.array([[1.0, 0.25], [-1.0, 0.25], [1.0, -0.25]], np.float32)  # channels along the last axis
+    if channel_axis == 0:
+        weights = weights.T
+    q = WeightQuantizer(granularity='channel', channel_axis=channel_axis)
+    q.build(weights.shape)
+    q.fit_initial_bits(weights)
+    assert q.f.numpy().ravel().tolist() == [3.0, 5.0]
+
+
+def test_all_zero_weights_get_the_bits_of_weights_of_magnitude_one():
+    q = WeightQuantizer()
+    q.build((3,))
+    q.fit_initial_bits(np.zeros(3, np.float32))
+    assert q.f.numpy().tolist() == [3.0, 3.0, 3.0]  # init_bits - 1, finite
+
+
+class Subclassed(keras.Model):
+    """A subclassed model (its name must not start with '_': TensorFlow refuses such scope names)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.quantize = HQuantize()
+        self.dense = HDense(5)
+
+    def call(self, x, training=None):
+        return self.dense(self.quantize(x, training=training), training=training)
+
+
+def test_a_subclassed_model_fits_its_initial_weight_bits_to_its_kernel():
+    """Keras builds a subclassed model by tracing it and initializes the variables afterwards: ``f`` must still be
+    fitted to the kernel it ends up with (Glorot 13x5: rms 0.35, ``f = 5``), not left at ``init_bits``."""
+    keras.utils.set_random_seed(0)
+    model = Subclassed()
+    model(np.zeros((2, 13), np.float32))
+    quantizer, kernel = model.dense.kernel_quantizer, model.dense.kernel.numpy()
+    rms = np.sqrt(np.mean(np.square(kernel.astype(np.float64))))
+    want = np.ceil(quantizer.init_bits - 1 - np.log2(rms))
+    assert want == 5.0 and quantizer.f.numpy().tolist() == np.full((13, 5), want).tolist()
+
+
+# -- hgq.calibrate: data checks, progress, limits, unseen quantizers, backends ----------------------------------
+
+
+def _one_input_model():
+    return keras.Sequential([keras.Input((2,)), HQuantize(name='hq')])
+
+
+@pytest.mark.parametrize(('data', 'message'), [
+    (np.float32(1.0), r'expected a non-empty array of samples, got shape \(\)'),
+    (np.zeros((0, 2), np.float32), r'expected a non-empty array of samples, got shape \(0, 2\)'),
+    (np.array([[1.0, np.nan], [2.0, 3.0]], np.float32), 'holds 1 NaN or infinite values'),
+    ([np.ones((2, 2), np.float32)] * 2, 'has 1 inputs; the calibration data hold 2 arrays'),
+])
+def test_calibration_data_are_checked_before_any_work(data, message):
+    with pytest.raises(CalibrationError, match=message):
+        hgq.calibrate(_one_input_model(), data)
+
+
+def test_calibration_shows_progress_when_asked(capsys):
+    hgq.calibrate(_one_input_model(), np.ones((3, 2), np.float32), batch_size=2, verbose=1)
+    assert '3/3' in capsys.readouterr().out
+
+
+def test_calibration_refuses_two_to_the_nineteen_itself():
+    """Values must stay strictly inside ``+-2**19``."""
+    model = keras.Sequential([keras.Input((2,)), HQuantize(input_quantizer={'f_init': 0.0})])
+    hgq.calibrate(model, np.array([[2.0**19 - 0.5, -(2.0**19) + 0.5]], np.float32))
+    for value in (2.0**19, -(2.0**19)):
+        with pytest.raises(CalibrationError, match=r'1 values beyond \+-2\*\*19'):
+            hgq.calibrate(model, np.array([[value, 0.0]], np.float32))
+
+
+def test_one_value_is_data_enough_and_a_quantizer_that_sees_none_is_named():
+    model = keras.Sequential([keras.Input((1,)), HQuantize(name='hq')])
+    hgq.calibrate(model, np.array([[0.5]], np.float32))
+    assert model.get_layer('hq').input_quantizer.vmax.numpy().tolist() == [0.5]
+
+    class Unused(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.used, self.spare = HQuantize(name='used'), HQuantize(name='spare')
+
+        def call(self, x):
+            return self.used(x)
+
+    model = Unused()
+    model(np.ones((1, 2), np.float32))
+    model.spare.build((None, 2))
+    with pytest.raises(CalibrationError, match=r"quantizers \['spare_iq'\] saw no data"):
+        hgq.calibrate(model, np.ones((1, 2), np.float32))
+
+
+def test_a_subclassed_model_calibrates():
+    model = Subclassed()
+    model(np.zeros((1, 13), np.float32))
+    data = np.linspace(-2.0, 3.0, 26, dtype=np.float32).reshape(2, 13)
+    assert hgq.calibrate(model, data) > 0
+    assert np.array_equal(model.quantize.input_quantizer.vmax.numpy(), data.max(axis=0))
+
+
+def test_outside_tensorflow_the_observation_pass_is_the_eager_model_call(monkeypatch):
+    from hgq.calibrate import _forward
+
+    model = _one_input_model()
+    x = np.array([[0.3, -1.2]], np.float32)
+    monkeypatch.setattr(keras.backend, 'backend', lambda: 'jax')
+    forward = _forward(model, [x])
+    monkeypatch.undo()
+    assert np.array_equal(np.asarray(forward([x])), model(x, training=False).numpy())

@@ -35,6 +35,9 @@ from hgq.fixed_point import (
 GRANULARITIES = ('element', 'channel', 'tensor')
 # Bitwidth variables move this many times faster than the optimizer moves other variables (see ScaledStep).
 BITS_LR_SCALE = 4.0
+# Default weight of the pull of every learned bitwidth towards 0 (see bits_decay): tiny next to any beta * EBOPs
+# gradient, but the only force on a bit that the loss has no use for.
+BITS_DECAY = 1e-8
 # Integer bits of a WRAP range before any data was seen, and the default of learned integer bits (SAT modes).
 UNTRAINED_INTEGER_BITS = 4.0
 # train_peak of a WRAP quantizer never trained: so large that no element counts as pruned (see _pruned).
@@ -43,6 +46,7 @@ UNTRAINED_PEAK = 2.0**64
 __all__ = [
     'GRANULARITIES',
     'BITS_LR_SCALE',
+    'BITS_DECAY',
     'ActivationQuantizer',
     'WeightQuantizer',
     'ScaledStep',
@@ -195,6 +199,7 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         channel_axis: int = -1,
         bits_l1: float = 0.0,
         bits_lr_scale: float = BITS_LR_SCALE,
+        bits_decay: float = BITS_DECAY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -206,11 +211,14 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
             raise ValueError(f'{self.name}: bits_l1 must be >= 0, got {bits_l1}')
         if not (bits_lr_scale > 0 and np.isfinite(bits_lr_scale)):
             raise ValueError(f'{self.name}: bits_lr_scale must be a finite number > 0, got {bits_lr_scale}')
+        if not (bits_decay >= 0 and np.isfinite(bits_decay)):
+            raise ValueError(f'{self.name}: bits_decay must be a finite number >= 0, got {bits_decay}')
         self.granularity = granularity
         self.round_mode = round_mode
         self.channel_axis = int(channel_axis)
         self.bits_l1 = float(bits_l1)
         self.bits_lr_scale = float(bits_lr_scale)
+        self.bits_decay = float(bits_decay)
         self.shape: tuple[int, ...] | None = None
         self._scaled_steps: list[ScaledStep] = []
 
@@ -274,6 +282,20 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         if self.bits_l1 > 0:
             self.add_loss(self.bits_l1 * ops.sum(bits))
 
+    def _add_bits_decay(self, training: bool | None) -> None:
+        """Training: add ``bits_decay * sum(max(b, 0))`` over the learned bitwidth variables ``b`` to the losses.
+
+        Without a cost (``beta = 0``) nothing else pulls a bitwidth down: a value already exact at fewer bits gives
+        its extra bits no gradient at all, and the small gain of each further bit lets them grow for as long as the
+        model trains. Adam scales steps by the gradient's own size, so this tiny, constant gradient moves a bit that
+        the loss has no use for at a fair share of the bit pace (with Keras's ``epsilon=1e-7``, up to a tenth),
+        while any gradient from the loss or from ``beta * EBOPs`` (at least ~1e-7 per bit for ``beta >= 1e-7``)
+        outweighs it. It stops at 0 (``max``): it trims needless precision, pruning is left to ``beta``.
+        """
+        if training and self.bits_decay > 0 and self._scaled_steps:
+            pulls = [ops.sum(ops.relu(step.variable)) for step in self._scaled_steps]
+            self.add_loss(self.bits_decay * sum(pulls[1:], pulls[0]))
+
     def _full(self, array: np.ndarray) -> np.ndarray:
         return np.broadcast_to(np.asarray(array), self.shape).copy()
 
@@ -285,6 +307,7 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
             channel_axis=self.channel_axis,
             bits_l1=self.bits_l1,
             bits_lr_scale=self.bits_lr_scale,
+            bits_decay=self.bits_decay,
         )
         return config
 
@@ -323,6 +346,12 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         them is multiplied by it (see :class:`ScaledStep`). Adam moves a variable by about the learning rate per
         step whatever the size of its gradient, so without it bits shrink at a fixed pace and raising ``beta``
         beyond some value changes little. Default :data:`BITS_LR_SCALE`.
+    bits_decay : float
+        Weight of a pull of every learned bitwidth variable towards 0, ``bits_decay * sum(max(f, 0))`` added to
+        the losses in training (default :data:`BITS_DECAY`, 1e-8; 0 turns it off). Without ``beta`` nothing else
+        takes back a bit the loss has no use for (an input already exact at 4 fractional bits keeps its initial
+        6, and bits that help a little keep growing), so ``beta = 0`` models would be wider than they need; for
+        ``beta >= 1e-7`` the EBOPs gradient outweighs it.
 
     Examples
     --------
@@ -455,6 +484,7 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
             q = quantize_tensor(x, k, i, f, self.round_mode, self.overflow_mode, _round_codes_ste(self.round_mode))
         if self.bits_l1 > 0:
             self._add_bits_l1(self.bits())
+        self._add_bits_decay(training)
         return q
 
     def _train_wrap(self, x: Any, f: Any) -> Any:
@@ -530,6 +560,8 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         Whether ``f`` is learned; ``False`` freezes the bitwidths (used by :mod:`hgq.allocate`); weights still train.
     bits_lr_scale : float
         Learning-rate factor of ``f`` (see :class:`ActivationQuantizer`). Default :data:`BITS_LR_SCALE`.
+    bits_decay : float
+        Pull of ``f`` towards 0 in training (see :class:`ActivationQuantizer`). Default :data:`BITS_DECAY`.
 
     Examples
     --------
@@ -605,6 +637,7 @@ class WeightQuantizer(_FixedPointQuantizerBase):
         q = _round_codes_ste(self.round_mode)(w * scale) / scale
         if training and self.bits_l1 > 0:
             self._add_bits_l1(self.bits(w))
+        self._add_bits_decay(training)
         return q
 
     def bits(self, w: Any) -> Any:

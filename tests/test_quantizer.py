@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from hgq.fixed_point import quantize
-from hgq.layers import HDense
-from hgq.quantizer import ActivationQuantizer, WeightQuantizer, bits_shape, effective_bits
+from hgq.layers import HDense, HQuantize
+from hgq.quantizer import BITS_DECAY, ActivationQuantizer, WeightQuantizer, bits_shape, effective_bits
 
 LN2 = math.log(2.0)
 
@@ -187,7 +187,7 @@ def test_regression_toy_learns_bits_where_error_hurts_and_prunes_under_l1():
 
 def test_weight_bits_l1_is_a_training_loss_and_bits_is_a_pure_query():
     """The L1 push on weight bits is added by the training forward pass; asking for ``bits()`` adds nothing."""
-    quantizer = WeightQuantizer(f_init=4.0, bits_l1=1e-2)
+    quantizer = WeightQuantizer(f_init=4.0, bits_l1=1e-2, bits_decay=0.0)
     w = keras.ops.convert_to_tensor(np.array([[0.75, -0.5], [0.0, 0.3125]], dtype='float32'))
     quantizer(w, training=False)
     bits = quantizer.bits(w)
@@ -196,3 +196,29 @@ def test_weight_bits_l1_is_a_training_loss_and_bits_is_a_pure_query():
     assert len(quantizer.losses) == 1
     assert float(keras.ops.sum(bits)) == 11.0  # 0.75 -> 4 bits (f = 4 counts to 2**-4), -0.5 -> 4, 0 -> 0, 0.3125 -> 3
     assert float(quantizer.losses[0]) == float(np.float32(1e-2) * np.float32(11.0))
+
+
+def test_bits_decay_trims_bits_the_loss_does_not_need_and_stops_at_zero():
+    """beta = 0: inputs exact at 2 fractional bits lose the rest of f_init = 6; an always-zero input stops at f = 0.
+
+    Without the default pull nothing moves these bits (the quantization error, hence the gradient, is 0), so a
+    ``beta = 0`` model keeps every initial bit; ``bits_decay=0`` shows that.
+    """
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.integers(0, 12, 512) / 4.0, np.zeros(512)], axis=1).astype('float32')
+    f_end = {}
+    for decay in (None, 0.0):
+        keras.utils.set_random_seed(0)
+        conf = {'f_init': 6.0} if decay is None else {'f_init': 6.0, 'bits_decay': decay}
+        layer = HQuantize(input_quantizer=conf)
+        model = keras.Sequential([keras.Input((2,)), layer])
+        model.compile(keras.optimizers.Adam(0.03), 'mse')
+        model.fit(x, x, epochs=16, batch_size=8, verbose=0)
+        f_end[decay] = layer.input_quantizer.f.numpy()
+    assert layer.input_quantizer.bits_decay == 0.0 and HQuantize().input_quantizer.bits_decay == BITS_DECAY > 0
+    np.testing.assert_array_equal(f_end[0.0], [6.0, 6.0])  # no force at all without the pull
+    exact, zero = f_end[None]
+    # Trimmed by at least 1.5 bits, never resting below the 2 the data needs (crossing it costs loss, which pushes
+    # back, and Adam's memory of that larger gradient slows the pull afterwards).
+    assert 1.5 <= exact <= 4.5, f'exact at 2 fractional bits: f should fall from 6 towards 2, got {exact}'
+    assert -0.5 < zero < 0.5, f'the pull stops at 0: got {zero}'

@@ -511,3 +511,19 @@ def test_outside_tensorflow_the_observation_pass_is_the_eager_model_call(monkeyp
     forward = _forward(model, [x])
     monkeypatch.undo()
     assert np.array_equal(np.asarray(forward([x])), model(x, training=False).numpy())
+
+
+def test_under_tensorflow_the_observation_pass_is_compiled_once_for_every_batch_size():
+    import tensorflow as tf
+
+    from hgq.calibrate import _forward
+
+    if keras.backend.backend() != 'tensorflow':
+        pytest.skip('the compiled pass is TensorFlow-only')
+    model = _one_input_model()
+    x = np.array([[0.3, -1.2], [2.0, 0.1], [-0.7, 0.4]], np.float32)
+    forward = _forward(model, [x])
+    assert isinstance(forward, tf.types.experimental.PolymorphicFunction)
+    assert np.array_equal(np.asarray(forward([x])), model(x, training=False).numpy())
+    assert np.array_equal(np.asarray(forward([x[:1]])), model(x[:1], training=False).numpy())
+    assert forward.experimental_get_tracing_count() == 1

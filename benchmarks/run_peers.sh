@@ -5,7 +5,8 @@
 # (VENV_ROOT). REUSE_PEERS=1 retrains only hgq and takes the peers' runs from the existing results JSON (for when
 # their scripts did not change); with it, HGQ2_BETAS="..." trains HGQ2 at these extra betas and adds them to the
 # reused runs. SEEDS, BETAS and RAMPS override the sweep of hgq (and of HGQ2 without REUSE_PEERS); SETTLE the final epochs with frozen bitwidths of train_hgq.py.
-# WARMUP_BETAS: hgq's constant betas also trained with a beta warm-up (BetaWarmup; WARMUP its epochs).
+# WARMUP_BETAS: hgq's constant betas also trained with a beta warm-up (BetaWarmup; WARMUP its epochs). An empty
+# RAMPS or WARMUP_BETAS ("") runs none.
 set -euo pipefail
 DATASET=${1:-digits}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -14,11 +15,11 @@ ROOT=${VENV_ROOT:-/work/bench_venvs}
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 
 if [ "$DATASET" = digits ]; then
-    BETAS=${BETAS:-"0 1e-7 3e-7 1e-6 3e-6 5e-6 1e-5 3e-5 5e-5 1e-4 2e-4 3e-4"}; RAMPS=${RAMPS:-"1e-6:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
-    WARMUP_BETAS=${WARMUP_BETAS-"5e-6 5e-5"}
+    BETAS=${BETAS:-"0 1e-7 3e-7 1e-6 3e-6 5e-6 1e-5 3e-5 5e-5 1e-4 2e-4 3e-4"}; RAMPS=${RAMPS-"1e-6:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
+    WARMUP_BETAS=${WARMUP_BETAS-"5e-6 5e-5 1e-4"}
     PREP=""
 else
-    BETAS=${BETAS:-"0 3e-7 3e-6 1e-5 3e-5 3e-4"}; RAMPS=${RAMPS:-"1e-7:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
+    BETAS=${BETAS:-"0 3e-7 3e-6 1e-5 3e-5 3e-4"}; RAMPS=${RAMPS-"1e-7:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
     WARMUP_BETAS=${WARMUP_BETAS-""}
     PREP="--fashion"
 fi

@@ -15,6 +15,19 @@ from the CPU and from the firmware. :func:`exact_float32` is the scope in which 
 
 ``benchmarks/gpu_check.py`` compares GPU and CPU predictions of a model with 14 fractional bits per backend.
 
+Data-parallel training splits each batch over replicas. Statistics that must equal those of one device (the ranges
+that WRAP quantizers track) go through :func:`max_over_replicas`, the one place that knows how a backend
+distributes a step:
+
+- TensorFlow (``tf.distribute.MirroredStrategy`` and other strategies): each replica sees its share of the batch;
+  the values of all replicas are gathered and reduced.
+- JAX (``keras.distribution.DataParallel``): the compiled step works on the global, sharded batch, so a reduction
+  over the batch axis already covers every device; nothing is added.
+- PyTorch: Keras has no data-parallel distribution for it; nothing is added.
+
+:func:`data_parallel` is the scope in which a model is built, compiled and trained data-parallel over every
+local device (``training.distribution: data_parallel`` of ``hgq run``).
+
 Examples
 --------
 >>> import numpy as np
@@ -30,10 +43,11 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import keras
 
-__all__ = ['exact_float32', 'float64_scope']
+__all__ = ['exact_float32', 'float64_scope', 'max_over_replicas', 'data_parallel']
 
 
 @contextlib.contextmanager
@@ -102,3 +116,68 @@ def float64_scope() -> Iterator[None]:
             yield
     else:
         yield
+
+
+def max_over_replicas(x: Any) -> Any:
+    """Elementwise maximum of ``x`` over the replicas of a data-parallel step (``x`` itself outside one).
+
+    Exact (a maximum never rounds), so a statistic reduced with it is the one a single device computes from the
+    whole batch. For a minimum use ``-max_over_replicas(-x)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> ops.convert_to_numpy(max_over_replicas(np.array([1.0, -2.0], 'float32'))).tolist()
+    [1.0, -2.0]
+    """
+    if keras.backend.backend() != 'tensorflow':
+        return x  # JAX DataParallel reduces over the global batch already; PyTorch has no Keras distribution
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return x
+    return tf.reduce_max(context.all_gather(tf.expand_dims(x, 0), axis=0), axis=0)
+
+
+@contextlib.contextmanager
+def data_parallel() -> Iterator[int]:
+    """Scope in which models are built, compiled and trained data-parallel over every local device; yields how many.
+
+    TensorFlow: ``tf.distribute.MirroredStrategy`` over every GPU, or over every logical CPU device where there is
+    no GPU (``tf.config.set_logical_device_configuration`` makes several). JAX: ``keras.distribution.DataParallel``
+    over ``keras.distribution.list_devices()`` (on CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+    makes N devices). Each batch is split evenly over the devices; the batch size must be a multiple of their
+    number. Build, compile and fit the model inside the scope.
+
+    Raises
+    ------
+    ValueError
+        Under the PyTorch backend, for which Keras has no data-parallel distribution.
+
+    Examples
+    --------
+    >>> import keras
+    >>> with data_parallel() as replicas:  # doctest: +SKIP
+    ...     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    ...     model.compile('adam', 'mse')
+    ...     model.fit(x, y, batch_size=64 * replicas)
+    """
+    backend = keras.backend.backend()
+    if backend == 'tensorflow':
+        import tensorflow as tf
+
+        devices = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
+        strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
+        with strategy.scope():
+            yield strategy.num_replicas_in_sync
+    elif backend == 'jax':
+        devices = keras.distribution.list_devices()
+        with keras.distribution.DataParallel(devices=devices).scope():
+            yield len(devices)
+    else:
+        raise ValueError(
+            f'data-parallel training needs the tensorflow or jax Keras backend (KERAS_BACKEND); this process runs '
+            f'{backend}, for which Keras has no data-parallel distribution'
+        )

@@ -36,6 +36,8 @@ __all__ = ['ConfigError', 'RunConfig', 'load_config', 'parse_config', 'build_lay
 
 OPTIMIZERS = {'adam': 'Adam', 'adamw': 'AdamW', 'sgd': 'SGD', 'rmsprop': 'RMSprop', 'nadam': 'Nadam'}
 LR_SCHEDULES = ('constant', 'cosine')
+# training.distribution: 'none' (one device) or 'data_parallel' (every local device, hgq.backend.data_parallel).
+DISTRIBUTIONS = ('none', 'data_parallel')
 # The conversion defaults (one place: hgq.conversion.ConversionSettings).
 HLS_DEFAULTS = ConversionSettings()
 KERAS_LAYERS = {'Flatten': keras.layers.Flatten, 'Reshape': keras.layers.Reshape, 'Dropout': keras.layers.Dropout}
@@ -86,6 +88,7 @@ class TrainingConfig:
     lr_schedule: str = 'constant'
     lr_final: float = 0.01
     beta: BetaConfig = field(default_factory=lambda: BetaConfig('schedule', 1e-6))
+    distribution: str = 'none'
 
 
 @dataclass(frozen=True)
@@ -281,8 +284,14 @@ def _parse_training(data: Any) -> TrainingConfig:
         lr_schedule=s.get('lr_schedule', 'constant', str, LR_SCHEDULES),
         lr_final=s.get('lr_final', 0.01, float, check=lambda v: 0 <= v <= 1, expected='a fraction in [0, 1]'),
         beta=_parse_beta(s.get('beta', 1e-6)),
+        distribution=s.get('distribution', 'none', str, DISTRIBUTIONS),
     )
     s.done()
+    if config.distribution == 'data_parallel' and keras.backend.backend() not in ('tensorflow', 'jax'):
+        raise ConfigError(
+            f'training.distribution: data_parallel needs the tensorflow or jax Keras backend (KERAS_BACKEND), '
+            f'this process runs {keras.backend.backend()}'
+        )
     return config
 
 

@@ -17,6 +17,7 @@ Only a directory without ``RUNNING`` or ``FAILED`` holds a complete run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import numpy as np
 from keras import ops
 
 from hgq import to_hls
+from hgq.backend import data_parallel
 from hgq.calibrate import calibrate
 from hgq.callbacks import ParetoFront, ParetoPoint, read_front
 from hgq.config import OPTIMIZERS, ConfigError, ExportConfig, RunConfig, build_model, load_config, parse_config
@@ -100,22 +102,35 @@ def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbos
         The callback, whose ``points`` are the saved checkpoints.
     """
     _check_finite_data(data)
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config, data.input_shape, data.n_classes)
-    loss, metrics, metric, side = _task(data)
-    steps = math.ceil(len(data.x_train) / config.training.batch_size)
-    model.compile(_optimizer(config, steps), loss, metrics=metrics)
-    front = ParetoFront(Path(directory) / 'pareto', metrics=(metric, 'ebops'), sides=(side, 'min'))
-    history = model.fit(
-        data.x_train,
-        data.y_train,
-        validation_data=(data.x_val, data.y_val),
-        epochs=config.training.epochs,
-        batch_size=config.training.batch_size,
-        callbacks=[config.training.beta.callback(), front, keras.callbacks.TerminateOnNaN()],
-        verbose=2 if verbose else 0,
-    )
+    with _distribution(config) as replicas:
+        if config.training.batch_size % replicas:
+            raise ConfigError(
+                f'training.batch_size: expected a multiple of the {replicas} devices of data-parallel training '
+                f'(each takes an equal share of every batch), got {config.training.batch_size}'
+            )
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, data.input_shape, data.n_classes)
+        loss, metrics, metric, side = _task(data)
+        steps = math.ceil(len(data.x_train) / config.training.batch_size)
+        model.compile(_optimizer(config, steps), loss, metrics=metrics)
+        front = ParetoFront(Path(directory) / 'pareto', metrics=(metric, 'ebops'), sides=(side, 'min'))
+        history = model.fit(
+            data.x_train,
+            data.y_train,
+            validation_data=(data.x_val, data.y_val),
+            epochs=config.training.epochs,
+            batch_size=config.training.batch_size,
+            callbacks=[config.training.beta.callback(), front, keras.callbacks.TerminateOnNaN()],
+            verbose=2 if verbose else 0,
+        )
     return model, history.history, front
+
+
+def _distribution(config: RunConfig) -> contextlib.AbstractContextManager[int]:
+    """The scope of ``training.distribution``, yielding the number of devices that share each batch."""
+    if config.training.distribution == 'data_parallel':
+        return data_parallel()
+    return contextlib.nullcontext(1)
 
 
 def select_points(

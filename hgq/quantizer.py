@@ -22,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from hgq.backend import float64_scope
+from hgq.backend import float64_scope, max_over_replicas
 from hgq.fixed_point import (
     FLOAT32_SIGNIFICAND_BITS,
     OVERFLOW_MODES,
@@ -502,9 +502,12 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         return q - ops.stop_gradient(ops.where(pruned, q, 0.0))
 
     def _track(self, x: Any) -> None:
+        """Move the tracked range towards the range of this training batch (the whole batch over all replicas)."""
         axes = _reduce_axes(self.shape, self.vmax.shape, batch=True)
-        batch_max = ops.reshape(ops.max(x, axis=axes), self.vmax.shape)
-        batch_min = ops.reshape(ops.min(x, axis=axes), self.vmin.shape)
+        # One exchange between data-parallel replicas for both ends: the minimum is the maximum of -x.
+        extremes = max_over_replicas(ops.stack([ops.max(x, axis=axes), -ops.min(x, axis=axes)]))
+        batch_max = ops.reshape(extremes[0], self.vmax.shape)
+        batch_min = ops.reshape(-extremes[1], self.vmin.shape)
         m = self.momentum * self.range_started  # the first batch sets the range when it has not started yet
         self.vmax.assign(ops.maximum(batch_max, m * self.vmax + (1 - m) * batch_max))
         self.vmin.assign(ops.minimum(batch_min, m * self.vmin + (1 - m) * batch_min))

@@ -14,6 +14,7 @@ The forward pass always sees bitwidths rounded to integers. Gradients: straight-
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,6 +61,44 @@ __all__ = [
 def round_ste(x: Any) -> Any:
     """Round half up in the forward pass, identity in the backward pass (straight-through estimator)."""
     return x + ops.stop_gradient(ops.floor(x + 0.5) - x)
+
+
+def _ceil_log2(v: Any) -> Any:
+    """``ceil(log2(v))`` exactly, for normal float32 ``v > 0``.
+
+    Keras's ``log2`` under TensorFlow is ``log(v) / log(2)``, a few ulps off on some exact powers of two (``2**-27``
+    gives ``-26.999998``), and differently so in a graph (where the division becomes a multiplication) and op by
+    op. Powers of two are exact, so one step either way fixes the estimate.
+    """
+    e = ops.ceil(ops.log2(v))
+    e = ops.where(2.0 ** (e - 1.0) >= v, e - 1.0, e)
+    return ops.where(2.0**e < v, e + 1.0, e)
+
+
+class _RepeatedQuery:
+    """``fn`` run op by op on its first call and as one compiled TensorFlow graph from the second call on.
+
+    Queries that callbacks repeat every epoch (:meth:`ActivationQuantizer.kif`, :meth:`WeightQuantizer.exact_bits`,
+    hence the exact EBOPs) read a few dozen small tensors: run eagerly, each operation costs more than its
+    arithmetic, a sizeable share of an epoch of a small model. The graph runs the same CPU kernels as eager
+    execution (no XLA), so its values are the same (``tests/test_speed_paths.py`` compares them). Under JAX and
+    PyTorch ``fn`` always runs as is.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.calls = 0
+        self.graph: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        if self.calls == 1 or keras.backend.backend() != 'tensorflow':
+            return self.fn(*args)
+        if self.graph is None:
+            import tensorflow as tf
+
+            self.graph = tf.function(self.fn, autograph=False, reduce_retracing=True)
+        return self.graph(*args)
 
 
 def _round_codes_ste(round_mode: str):
@@ -446,8 +485,8 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         qmax = ops.maximum(round_codes(self.vmax * scale, self.round_mode, ops), 0.0) / scale
         qmin = ops.minimum(round_codes(self.vmin * scale, self.round_mode, ops), 0.0) / scale
         k = ops.cast(qmin < 0, self.f.dtype)
-        i_pos = ops.ceil(ops.log2(qmax + 1.0 / scale))
-        i_neg = ops.where(qmin < 0, ops.ceil(ops.log2(ops.maximum(-qmin, 1e-30))), i_pos)
+        i_pos = _ceil_log2(qmax + 1.0 / scale)
+        i_neg = ops.where(qmin < 0, _ceil_log2(ops.maximum(-qmin, 1e-30)), i_pos)
         pruned = self._pruned(f_int)
         return ops.where(pruned, 0.0, k), ops.where(pruned, -f_int, ops.maximum(i_pos, i_neg))
 
@@ -463,9 +502,13 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         k, i = self.ki()
         return ops.broadcast_to(ops.relu(k + i + self.f_int), self.shape)
 
+    @functools.cached_property
+    def _ki_query(self) -> _RepeatedQuery:
+        return _RepeatedQuery(self.ki)
+
     def kif(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Integer ``(k, i, f)`` arrays of the per-sample tensor shape, as the hardware will use them."""
-        k, i = self.ki()
+        k, i = self._ki_query()
         f = np.floor(ops.convert_to_numpy(self.f) + 0.5)
         k, i = ops.convert_to_numpy(k), ops.convert_to_numpy(i)
         return tuple(self._full(a).astype(np.int64) for a in (k, i, f))
@@ -671,8 +714,15 @@ class WeightQuantizer(_FixedPointQuantizerBase):
 
     def exact_bits(self, w: Any) -> np.ndarray:
         """Effective bits from the quantized values: MSB-to-LSB span of each ``|q|`` (0 where ``q == 0``)."""
-        q = np.abs(np.asarray(ops.convert_to_numpy(self(w)), dtype=np.float64))
+        if not self.built:
+            self.build(tuple(w.shape))
+        w = ops.convert_to_tensor(w, dtype=self.compute_dtype)  # as Keras casts the inputs of a layer call
+        q = np.abs(np.asarray(ops.convert_to_numpy(self._quantize_query(w)), dtype=np.float64))
         return effective_bits(q)
+
+    @functools.cached_property
+    def _quantize_query(self) -> _RepeatedQuery:
+        return _RepeatedQuery(self.call)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -144,10 +144,15 @@ def _apply_overflow(codes: Any, k: Any, b: Any, overflow_mode: str, xp: Any) -> 
     lo, hi = _code_bounds(k, b, overflow_mode, xp)
     if overflow_mode == 'WRAP':
         # ``codes mod span`` first: each step is exact in floating point, however far ``codes`` lies outside the
-        # range (``codes - lo`` is not once ``codes`` exceeds 2**24 steps in float32, 2**53 in float64).
+        # range (``codes - lo`` is not once ``codes`` exceeds 2**24 steps in float32, 2**53 in float64). Codes in
+        # the range are kept as they are: for a negative one ``codes + span`` drops low bits once the word is wider
+        # than the float's significand (hgq.calibrate observes through such wide formats). ``top``, one past the
+        # largest code, is a power of two and exact where ``hi`` is not.
         span = 2.0**b
+        top = lo + span
         low_bits = codes - xp.floor(codes / span) * span
-        return xp.where(low_bits > hi, low_bits - span, low_bits)
+        wrapped = xp.where(low_bits >= top, low_bits - span, low_bits)
+        return xp.where(codes >= lo, xp.where(codes < top, codes, wrapped), wrapped)
     return xp.minimum(xp.maximum(codes, lo), hi)
 
 

@@ -400,12 +400,21 @@ class SettleBits(keras.callbacks.Callback):
             raise ValueError(f'SettleBits: epochs must be an int >= 0, got {epochs!r}')
         self.epochs = epochs
         self.weights = bool(weights)
+        self._factor: float | None = None
 
     def _set_pace(self, factor: float) -> None:
+        if factor == self._factor:
+            return
         for layer in h_layers(self.model):
             quantizers = layer.quantizers if self.weights else layer.activation_quantizers
             for quantizer in quantizers:
                 quantizer.set_bits_pace(factor)
+        self._factor = factor
+        # JAX compiles the pace into the training step (hgq.quantizer.ScaledStep): the next step is compiled anew.
+        self.model.make_train_function(force=True)
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._factor = None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         total = (self.params or {}).get('epochs')

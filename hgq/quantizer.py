@@ -15,7 +15,6 @@ The forward pass always sees bitwidths rounded to integers. Gradients: straight-
 from __future__ import annotations
 
 import functools
-import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,7 +53,6 @@ __all__ = [
     'round_ste',
     'bits_shape',
     'effective_bits',
-    'bits_pace_supported',
 ]
 
 
@@ -136,64 +134,44 @@ def _reduce_axes(full_shape: Sequence[int], var_shape: Sequence[int], batch: boo
     return ((0,) if batch else ()) + axes
 
 
-def bits_pace_supported() -> bool:
-    """Whether the Keras backend lets :class:`ScaledStep` scale the optimizer steps of bitwidths.
-
-    True under TensorFlow and PyTorch, whose optimizers update variables in place after the forward pass; False
-    under JAX (see :class:`ScaledStep`), where ``bits_lr_scale`` and ``set_bits_pace`` do not change training.
-
-    Examples
-    --------
-    >>> isinstance(bits_pace_supported(), bool)
-    True
-    """
-    return keras.backend.backend() != 'jax'
-
-
-def _warn_pace_ignored() -> None:
-    # One message from one place: Python shows it once per process.
-    warnings.warn(
-        'bits_lr_scale and set_bits_pace have no effect under the JAX backend: bitwidths learn at the pace of the '
-        'optimizer (TensorFlow and PyTorch apply them)',
-        RuntimeWarning,
-        stacklevel=1,
-    )
-
-
 class ScaledStep(keras.constraints.Constraint):
-    """Multiply every optimizer step of a variable by ``scale``: after an update, ``v <- v0 + scale * (v - v0)``.
+    """Move a bitwidth variable by ``scale`` times each optimizer step of its step variable, then reset the step.
 
-    Keras applies a variable's constraint right after each optimizer update, so this sets a learning rate of its
-    own for that variable whatever the optimizer (with Adam, which moves every variable by about the learning rate
-    per step however large its gradient, it is the only way to make one variable learn faster). ``v0`` is the
-    value before the step: the owner calls :meth:`mark` in every training forward pass, before the update.
+    A trainable bitwidth learns through a companion *step* variable, zero between training steps: the forward
+    pass uses the bitwidth's value but sends its gradient to the step (:meth:`ActivationQuantizer.f_int`), so the
+    optimizer moves the step exactly as it would move the bitwidth. Keras applies this constraint to the step
+    right after each optimizer update: the bitwidth moves by ``scale`` times the step, and the step returns to 0.
+    That gives the bitwidths a learning rate of their own whatever the optimizer (with Adam, which moves every
+    variable by about the learning rate per step however large its gradient, it is the only way to make one
+    variable learn faster).
 
-    Under the JAX backend Keras trains statelessly: the optimizer applies constraints inside a compiled step that
-    sees only the trainable and optimizer variables, so ``v0`` cannot reach it. There the constraint leaves the
-    optimizer's step as it is (bitwidths move at the optimizer's own pace, and :meth:`set_scale` has no effect on
-    training); :func:`bits_pace_supported` tells which case applies.
+    Nothing from before the update is needed, so the same happens on every backend: in place under TensorFlow
+    and PyTorch, and inside Keras's stateless training step under JAX (the bitwidth is a trainable variable with
+    a zero gradient, so that the step hands its new value back). Under JAX the scale is read when the training
+    step is compiled: after :meth:`set_scale`, make it again (``model.make_train_function(force=True)``;
+    :class:`hgq.callbacks.SettleBits` does).
 
     Parameters
     ----------
     variable : keras.Variable
-        The variable whose steps are scaled.
+        The bitwidth variable that the steps move.
     scale : float
-        Factor applied to each step (> 0).
+        Factor applied to each step (>= 0).
 
     Examples
     --------
     >>> import keras
-    >>> v = keras.Variable(1.0)
-    >>> step = ScaledStep(v, 4.0)
-    >>> step.mark()
-    >>> _ = v.assign(1.5)  # what an optimizer update does
-    >>> float(step(v))
-    3.0
+    >>> f = keras.Variable(1.0)
+    >>> constraint = ScaledStep(f, 4.0)
+    >>> step = keras.Variable(0.5)  # where an optimizer update took the step
+    >>> float(constraint(step)), float(f.numpy())
+    (0.0, 3.0)
     """
 
     def __init__(self, variable: Any, scale: float) -> None:
-        # A variable, so that the pace can change during training (set_scale) without retracing the train step;
-        # an initializer, not a value, for the same reason as `origin` below.
+        # A variable, so that TensorFlow and PyTorch read the current pace (set_scale) without retracing; an
+        # initializer, not a value, so that it can also be created while Keras traces a model to build it. Not a
+        # layer weight: it is neither saved nor listed among the layer's weights.
         self.scale = keras.Variable(
             keras.initializers.Constant(float(scale)),
             shape=(),
@@ -201,17 +179,7 @@ class ScaledStep(keras.constraints.Constraint):
             dtype=variable.dtype,
             name=f'{variable.name}_pace',
         )
-        # Not a layer weight: the value is only meaningful within one training step, so it is neither saved nor
-        # listed among the layer's weights. Zeros at first (mark() sets it before it is used): an initializer, not
-        # a value, so that the variable can also be created while Keras traces a model to build it.
-        self.origin = keras.Variable(
-            'zeros', shape=variable.shape, trainable=False, dtype=variable.dtype, name=f'{variable.name}_origin'
-        )
         self.variable = variable
-
-    def mark(self) -> None:
-        """Remember the current value as the start of the next optimizer step."""
-        self.origin.assign(self.variable)
 
     def set_scale(self, scale: float) -> None:
         """Scale the next optimizer steps by ``scale`` instead (0 holds the variable where it is)."""
@@ -219,10 +187,9 @@ class ScaledStep(keras.constraints.Constraint):
             raise ValueError(f'{self.variable.name}: the step scale must be a finite number >= 0, got {scale}')
         self.scale.assign(float(scale))
 
-    def __call__(self, w: Any) -> Any:
-        if not bits_pace_supported():
-            return w
-        return self.origin + self.scale * (w - self.origin)
+    def __call__(self, step: Any) -> Any:
+        self.variable.assign(self.variable + self.scale * step)
+        return ops.zeros(step.shape, dtype=step.dtype)
 
     def get_config(self) -> dict[str, Any]:
         return {'scale': float(ops.convert_to_numpy(self.scale))}
@@ -260,27 +227,65 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         self.bits_decay = float(bits_decay)
         self.shape: tuple[int, ...] | None = None
         self._scaled_steps: list[ScaledStep] = []
+        # id of a trainable bitwidth variable -> its step variable (see ScaledStep)
+        self._steps: dict[int, Any] = {}
 
     def _add_bits_variable(
         self, name: str, shape: tuple[int, ...], value: float | Callable[..., Any], trainable: bool = True
     ) -> Any:
-        """A bitwidth variable (initial value or initializer) whose optimizer steps are scaled by ``bits_lr_scale``."""
+        """A bitwidth variable (initial value or initializer) whose optimizer steps are scaled by ``bits_lr_scale``.
+
+        A trainable one gets a step variable ``<name>_step`` (see :class:`ScaledStep`), which is not saved.
+        """
         initializer = value if callable(value) else keras.initializers.Constant(value)
         variable = self.add_weight(name=name, shape=shape, initializer=initializer, trainable=trainable)
         if trainable:
-            if self.bits_lr_scale != 1 and not bits_pace_supported():
-                _warn_pace_ignored()
-            step = ScaledStep(variable, self.bits_lr_scale)
-            variable.constraint = step
-            self._scaled_steps.append(step)
+            step = self.add_weight(name=f'{name}_step', shape=shape, initializer='zeros', trainable=True)
+            step.constraint = ScaledStep(variable, self.bits_lr_scale)
+            self._scaled_steps.append(step.constraint)
+            self._steps[id(variable)] = step
         return variable
+
+    def _learned(self, variable: Any) -> Any:
+        """``variable``'s value, its gradient sent to its step variable (see :class:`ScaledStep`) if it has one.
+
+        The bitwidth itself gets a zero gradient (not none), so that every optimizer keeps it among the variables
+        it updates (by 0) and hands back.
+        """
+        step = self._steps.get(id(variable))
+        if step is None:
+            return variable
+        return ops.stop_gradient(variable) + 0.0 * variable + (step - ops.stop_gradient(step))
+
+    def _saved_variables(self) -> list[Any]:
+        """The variables a saved model holds: all but the step variables (zero between training steps)."""
+        steps = {id(step) for step in self._steps.values()}
+        return [variable for variable in self.weights if id(variable) not in steps]
+
+    def save_own_variables(self, store: Any) -> None:
+        # The layout of models saved before step variables existed, so that files load in either version.
+        for n, variable in enumerate(self._saved_variables()):
+            store[str(n)] = variable
+
+    def load_own_variables(self, store: Any) -> None:
+        variables = self._saved_variables()
+        if len(store.keys()) != len(variables):
+            raise ValueError(
+                f'{self.name}: the saved quantizer holds {len(store.keys())} variables, expected {len(variables)} '
+                f'({[variable.name for variable in variables]}); was it saved with other quantizer settings?'
+            )
+        for n, variable in enumerate(variables):
+            variable.assign(store[str(n)])
+        for step in self._steps.values():
+            step.assign(ops.zeros(step.shape, dtype=step.dtype))
 
     def set_bits_pace(self, factor: float) -> None:
         """Move the bitwidths at ``factor`` times ``bits_lr_scale`` from the next optimizer step on.
 
         ``factor=0`` freezes every bitwidth of this quantizer (the weights keep learning), ``1`` restores the
         configured pace; used by :class:`hgq.callbacks.SettleBits`. ``bits_lr_scale`` and the saved config keep
-        the configured value.
+        the configured value. Under JAX a compiled training step keeps the pace it was compiled with: call
+        ``model.make_train_function(force=True)`` after changing it (SettleBits does).
 
         Examples
         --------
@@ -290,16 +295,8 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         """
         if not (factor >= 0 and np.isfinite(factor)):
             raise ValueError(f'{self.name}: the bit pace factor must be a finite number >= 0, got {factor}')
-        if factor != 1 and not bits_pace_supported():
-            _warn_pace_ignored()
         for step in self._scaled_steps:
             step.set_scale(self.bits_lr_scale * factor)
-
-    def _mark_steps(self, training: bool | None) -> None:
-        """Start of a training step: remember the bitwidths for :class:`ScaledStep`."""
-        if training:
-            for step in self._scaled_steps:
-                step.mark()
 
     def _set_shape(self, shape: Sequence[int | None]) -> tuple[int, ...]:
         if any(s is None for s in shape):
@@ -315,7 +312,7 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
     @property
     def f_int(self) -> Any:
         """Fractional bits rounded to integers (straight-through), shape of the bitwidth variables."""
-        return round_ste(self.f)
+        return round_ste(self._learned(self.f))
 
     def _add_bits_l1(self, bits: Any) -> None:
         if self.bits_l1 > 0:
@@ -332,7 +329,7 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         outweighs it. It stops at 0 (``max``): it trims needless precision, pruning is left to ``beta``.
         """
         if training and self.bits_decay > 0 and self._scaled_steps:
-            pulls = [ops.sum(ops.relu(step.variable)) for step in self._scaled_steps]
+            pulls = [ops.sum(ops.relu(self._learned(step.variable))) for step in self._scaled_steps]
             self.add_loss(self.bits_decay * sum(pulls[1:], pulls[0]))
 
     def _full(self, array: np.ndarray) -> np.ndarray:
@@ -495,7 +492,7 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         if self.tracks_range:
             k, i = self._tracked_ki(ops.floor(self.f + 0.5))
             return k, ops.stop_gradient(i)
-        return ops.full(self.f.shape, float(self.signed), dtype=self.f.dtype), round_ste(self.i)
+        return ops.full(self.f.shape, float(self.signed), dtype=self.f.dtype), round_ste(self._learned(self.i))
 
     def bits(self) -> Any:
         """Differentiable width ``relu(k + i + f)``, broadcast to the per-sample tensor shape."""
@@ -517,7 +514,6 @@ class ActivationQuantizer(_FixedPointQuantizerBase):
         self._check_input(x, batch=True)
         if self.observer is not None:
             self.observer(self, x)
-        self._mark_steps(training)
         f = self.f_int
         if self.tracks_range and training:
             self._track(x)
@@ -677,7 +673,6 @@ class WeightQuantizer(_FixedPointQuantizerBase):
 
     def call(self, w: Any, training: bool | None = None) -> Any:
         self._check_input(w, batch=False)
-        self._mark_steps(training)
         f = self.f_int
         scale = 2.0**f
         q = _round_codes_ste(self.round_mode)(w * scale) / scale

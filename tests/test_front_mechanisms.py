@@ -59,30 +59,36 @@ def test_bits_lr_scale_multiplies_every_optimizer_step_of_f(make, optimizer):
         before = q.f.numpy().copy()
         for _ in range(3):
             with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(tf.square(q(data, training=True) - data)) + tf.reduce_sum(q.f)
-            opt.apply_gradients(zip(tape.gradient(loss, [q.f]), [q.f], strict=True))
+                loss = tf.reduce_sum(tf.square(q(data, training=True) - data)) + tf.reduce_sum(q.f_int)
+            variables = q.trainable_weights
+            opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         steps[scale] = q.f.numpy() - before
     assert np.all(np.abs(steps[1.0]) > 0)
     np.testing.assert_allclose(steps[4.0], 4.0 * steps[1.0], rtol=1e-4, atol=1e-6)
 
 
-def test_scaled_step_is_not_a_layer_weight_and_assignments_between_steps_are_kept():
+def test_step_variables_are_not_saved_and_assignments_between_steps_are_kept():
     q = ActivationQuantizer(bits_lr_scale=3.0)
     q.build((None, 4))
-    assert [v.path.rsplit('/', 1)[-1] for v in q.weights] == [
-        'f',
-        'vmin',
-        'vmax',
-        'calibrated',
-        'range_started',
-        'train_peak',
-    ]
-    assert isinstance(q.f.constraint, ScaledStep) and q.get_config()['bits_lr_scale'] == 3.0
-    q.f.assign(np.full(4, 2.0, 'float32'))  # a user's assignment: the next training call starts the step from it
-    q(np.ones((2, 4), 'float32'), training=True)
-    q.f.assign(q.f - 0.1)  # an optimizer step
-    q.f.assign(q.f.constraint(q.f))
+    assert [v.name for v in q.weights] == ['f', 'f_step', 'vmin', 'vmax', 'calibrated', 'range_started', 'train_peak']
+    step = q.trainable_weights[1]
+    assert isinstance(step.constraint, ScaledStep) and step.constraint.variable is q.f
+    assert q.get_config()['bits_lr_scale'] == 3.0
+    q.f.assign(np.full(4, 2.0, 'float32'))  # a user's assignment: the next step starts from it
+    step.assign(np.full(4, -0.1, 'float32'))  # an optimizer update
+    step.assign(step.constraint(step))
     np.testing.assert_allclose(q.f.numpy(), 2.0 - 0.3, rtol=1e-6)
+    assert step.numpy().tolist() == [0.0] * 4
+    # Saved: the variables of files written before step variables existed, in their order; loads reset the steps.
+    store = {}
+    q.save_own_variables(store)
+    assert len(store) == 6 and np.array_equal(np.asarray(store['0']), q.f.numpy())
+    step.assign(np.ones(4, 'float32'))
+    q.load_own_variables(store)
+    assert step.numpy().tolist() == [0.0] * 4
+    del store['5']
+    with pytest.raises(ValueError, match=rf'{q.name}: the saved quantizer holds 5 variables, expected 6'):
+        q.load_own_variables(store)
     assert ActivationQuantizer(bits_lr_scale=1.0).bits_lr_scale == 1.0
     with pytest.raises(ValueError, match='bits_lr_scale'):
         ActivationQuantizer(bits_lr_scale=0.0)
@@ -275,7 +281,8 @@ def test_settle_bits_and_pace_refuse_bad_values():
     with pytest.raises(ValueError, match='pace factor'):
         q.set_bits_pace(-1.0)
     q.set_bits_pace(0.5)
-    assert q.f.constraint.get_config() == {'scale': BITS_LR_SCALE * 0.5} and q.bits_lr_scale == BITS_LR_SCALE
+    step = q.trainable_weights[1].constraint
+    assert step.get_config() == {'scale': BITS_LR_SCALE * 0.5} and q.bits_lr_scale == BITS_LR_SCALE
 
 
 # -- warming up beta ---------------------------------------------------------------------------------------------

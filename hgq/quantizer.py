@@ -95,7 +95,9 @@ class _RepeatedQuery:
         if self.graph is None:
             import tensorflow as tf
 
-            self.graph = tf.function(self.fn, autograph=False, reduce_retracing=True)
+            # A partial, not the method: TensorFlow counts traces per code object, and one trace per quantizer
+            # would add up to "frequent retracing" warnings in a model with many of them.
+            self.graph = tf.function(functools.partial(self.fn), autograph=False, reduce_retracing=True)
         return self.graph(*args)
 
 

@@ -120,11 +120,11 @@ def test_quantizer_defaults_are_the_documented_ones():
 
 ACTIVATION_DEFAULTS = dict(
     granularity='element', f_init=6.0, overflow_mode='WRAP', round_mode='RND', i_init=None, signed=True,
-    momentum=0.99, channel_axis=-1, bits_l1=0.0, f_trainable=True, bits_lr_scale=4.0,
+    momentum=0.99, channel_axis=-1, bits_l1=0.0, f_trainable=True, bits_lr_scale=4.0, bits_decay=1e-8,
 )
 WEIGHT_DEFAULTS = dict(
     granularity='element', f_init=None, init_bits=4.0, round_mode='RND', channel_axis=-1, bits_l1=0.0,
-    f_trainable=True, bits_lr_scale=4.0,
+    f_trainable=True, bits_lr_scale=4.0, bits_decay=1e-8,
 )
 
 
@@ -355,6 +355,16 @@ def test_the_integer_bits_of_a_negative_range_hold_its_minimum(vmin, i):
     k, got, _ = q.kif()
     assert k.tolist() == [1] and got.tolist() == [i]
     assert q(np.array([[vmin]], np.float32)).numpy().tolist() == [[np.floor(vmin * 16 + 0.5) / 16]]
+
+
+@pytest.mark.parametrize('f', [6.0, 100.0])
+def test_a_range_of_exactly_zero_needs_no_bits_whatever_f(f):
+    q = ActivationQuantizer(i_init=0.0)
+    q.build((None, 1))
+    q.f.assign([f])
+    q.set_range(0.0, 0.0)
+    k, i, f_int = q.kif()
+    assert k.tolist() == [0] and (k + i + f_int).tolist() == [0]
 
 
 def test_quantizers_apply_to_symbolic_tensors():

@@ -20,6 +20,9 @@ Models (same layer sizes, optimizer, loss and batch for every tool)::
   default ``/work/bench_venvs/hgq2/bin/python``; see ``setup_venvs.sh``); skipped when that is missing or
   lacks the backend.
 
+``--baseline DIR`` adds ``hgq@base``: the hgq model run from the package source in ``DIR`` (another checkout,
+e.g. ``git worktree add /tmp/base <commit>``), interleaved with the rest, to measure a change before and after.
+
 Every tool uses Keras's defaults (``jit_compile='auto'``: XLA under JAX, none under TensorFlow on a CPU)::
 
     python benchmarks/speed.py                          # TensorFlow, and JAX where installed
@@ -46,6 +49,7 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / 'results'
 TOOLS = ('float', 'hgq', 'hgq2')
+BASELINE = 'hgq@base'
 MODELS = {
     'digits': {'hidden': (32,), 'batch_size': 64},
     'mlp16': {'hidden': (64, 32, 32), 'batch_size': 1024, 'n_in': 16, 'n_out': 5, 'n_samples': 65536},
@@ -178,14 +182,19 @@ def backend_available(python: str, backend: str) -> bool:
 
 
 def run_trial(python: str, backend: str, tool: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
-    command = [python, str(Path(__file__).resolve()), '--worker', tool, '--model', model]
+    worker = 'hgq' if tool == BASELINE else tool
+    command = [python, str(Path(__file__).resolve()), '--worker', worker, '--model', model]
     command += ['--epochs', str(args.epochs), '--digits-repeat', str(args.digits_repeat)]
     env = {**os.environ, 'KERAS_BACKEND': backend, 'TF_CPP_MIN_LOG_LEVEL': '2'}
+    if tool == BASELINE:
+        env['PYTHONPATH'] = str(args.baseline)
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=BENCH_DIR)
     lines = [line for line in done.stdout.splitlines() if line.startswith('{')]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f'{tool} / {model} / {backend} failed (exit {done.returncode}):\n{done.stderr[-3000:]}')
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    result['tool'] = tool
+    return result
 
 
 def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
@@ -194,7 +203,7 @@ def summarize(trials: list[dict[str, Any]]) -> dict[str, Any]:
     for t in trials:
         by_round.setdefault(t['round'], {})[t['tool']] = t
     rows = {}
-    for tool in sorted({t['tool'] for t in trials}, key=TOOLS.index):
+    for tool in sorted({t['tool'] for t in trials}, key=(*TOOLS, BASELINE).index):
         mine = [t for t in trials if t['tool'] == tool]
         row = {
             'epoch_s': statistics.median(statistics.median(t['wall'][1:]) for t in mine),
@@ -240,12 +249,13 @@ def table(results: dict[str, Any]) -> str:
 
 
 def drive(args: argparse.Namespace) -> dict[str, Any]:
-    pythons = {'float': sys.executable, 'hgq': sys.executable, 'hgq2': args.hgq2_python}
+    pythons = {'float': sys.executable, 'hgq': sys.executable, 'hgq2': args.hgq2_python, BASELINE: sys.executable}
     results: dict[str, Any] = {'machine': machine(), 'load_before': os.getloadavg(), 'runs': []}
     print(f'machine: {results["machine"]}; load average {results["load_before"]}', flush=True)
     for backend in args.backends:
-        tools = [t for t in args.tools if backend_available(pythons[t], backend)]
-        skipped = sorted(set(args.tools) - set(tools))
+        wanted = [*args.tools, BASELINE] if args.baseline else list(args.tools)
+        tools = [t for t in wanted if backend_available(pythons[t], backend)]
+        skipped = sorted(set(wanted) - set(tools))
         if skipped:
             print(f'{backend}: skipping {skipped} (no {backend} in their Python)', flush=True)
         if 'float' not in tools:
@@ -279,6 +289,7 @@ def main() -> None:
     parser.add_argument('--epochs', type=int, default=8, help='epochs per trial (the first one is the compile epoch)')
     parser.add_argument('--digits-repeat', type=int, default=1, help='copies of the digits training set per epoch')
     parser.add_argument('--hgq2-python', default=DEFAULT_HGQ2_PYTHON)
+    parser.add_argument('--baseline', type=Path, help='source checkout of hgq to time as hgq@base (before/after)')
     parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'speed.json')
     parser.add_argument('--worker', choices=TOOLS, help=argparse.SUPPRESS)
     parser.add_argument('--model', choices=list(MODELS), help=argparse.SUPPRESS)

@@ -9,6 +9,7 @@ are fixed when the backend starts. What must hold:
   the input quantizer (which sees the data only) do too.
 - Weights differ only by the float summation order of gradients over replicas (tiny differences, not equality).
 - Calibration inside the distribution scope equals calibration of the same weights outside it, exactly.
+- ``hgq run`` refuses a batch that does not split evenly over the devices, before building anything.
 """
 
 import os
@@ -60,7 +61,12 @@ def test_data_parallel_training_equals_one_device(backend, tmp_path):
     assert len(kif) == 9
     for key in kif:
         assert np.array_equal(parallel[key], parallel[key.replace('calibrated/', 'recalibrated/')]), key
-    assert parallel['ebops'] > 0 and np.all(np.isfinite(parallel['predictions']))
+    assert parallel['ebops'] > 0
+    replicas = CASES[backend]
+    assert str(found['uneven_batch_error']) == (
+        f'training.batch_size: expected a multiple of the {replicas} devices of data-parallel training '
+        f'(each takes an equal share of every batch), got {8 * replicas + 1}'
+    )
 
 
 def test_distribution_key_of_a_run_configuration():

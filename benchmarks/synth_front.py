@@ -9,7 +9,8 @@ tool's own outputs on ``bench_common.equivalence_inputs(x_test)`` (the test set,
 spans beyond its range, as many on a ``2**-8`` grid that hits the ties of coarse formats). This script, in the hgq
 venv:
 
-1. copies the dumps it uses to ``work/lut/dumps/<dataset>/`` (``run_peers.sh`` deletes ``work/dumps/<dataset>``);
+1. copies the dumps it uses to ``work/lut/dumps/<dataset>/`` (``run_peers.sh`` deletes ``work/dumps/<dataset>``;
+   ``--copy DIR`` copies from another dump directory);
 2. rebuilds each as ``HQuantize -> HDense -> HDense`` whose quantizers hold exactly the dumped formats (WRAP:
    calibrated range; SAT: learned integer bits set; weights: fractional bits down to each weight's lowest set bit,
    so that the quantized kernel and bias are the dumped ones);
@@ -22,7 +23,7 @@ venv:
 
 Run in the hgq venv (needs yosys and iverilog)::
 
-    nice python benchmarks/synth_front.py --dataset digits --copy          # copy dumps with full formats
+    nice python benchmarks/synth_front.py --dataset digits --copy benchmarks/work/dumps/digits  # dumps with formats
     nice python benchmarks/synth_front.py --dataset digits                 # check, estimate, synthesize, table
 """
 
@@ -43,6 +44,7 @@ import hgq
 from hgq.cost import cost_terms, lut_estimate
 from hgq.layers import HDense, HQuantize
 from hgq.quantizer import ActivationQuantizer, WeightQuantizer
+from hgq.rtl.flow import probe_inputs
 
 LUT_DIR = WORK_DIR / 'lut'
 THRESHOLDS = (0.90, 0.93, 0.95, 0.96, 0.97)
@@ -146,10 +148,15 @@ def build_model(dump: dict[str, Any]) -> keras.Model:
     return model
 
 
+def outputs(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    """The model's outputs in inference mode (one eager call: these models are small)."""
+    return np.asarray(keras.ops.convert_to_numpy(model(x, training=False)), dtype=np.float32)
+
+
 def equivalence(model: keras.Model, dump: dict[str, Any], x_test: np.ndarray) -> dict[str, Any]:
     """Samples of ``equivalence_inputs`` where the rebuilt model's outputs differ from the tool's own (exactly)."""
     x = equivalence_inputs(x_test)
-    ours = np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype=np.float32)
+    ours = outputs(model, x)
     theirs = np.asarray(dump['extra']['equivalence_logits'], dtype=np.float32)
     differ = [not np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True)]
     n = len(x_test)
@@ -165,9 +172,9 @@ def equivalence(model: keras.Model, dump: dict[str, Any], x_test: np.ndarray) ->
 # -- the benchmark ------------------------------------------------------------------------------------------------
 
 
-def copy_dumps(dataset: str) -> None:
+def copy_dumps(dataset: str, source: Path) -> None:
     """Copy the dumps that hold full formats to ``work/lut/dumps/<dataset>/`` (never overwriting a different file)."""
-    source, target = WORK_DIR / 'dumps' / dataset, LUT_DIR / 'dumps' / dataset
+    target = LUT_DIR / 'dumps' / dataset
     target.mkdir(parents=True, exist_ok=True)
     for path in sorted(source.glob('*.npz')):
         if 'formats' not in load_dump(path)['meta']:
@@ -187,8 +194,7 @@ def tool_of(name: str) -> str:
 
 
 def accuracy(model: keras.Model, data: dict[str, np.ndarray]) -> float:
-    logits = model.predict(data['x_test'], batch_size=4096, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == data['y_test']))
+    return float(np.mean(np.argmax(outputs(model, data['x_test']), axis=-1) == data['y_test']))
 
 
 def check_all(dataset: str, data: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -232,17 +238,24 @@ def selected(rows: list[dict[str, Any]], margin: float) -> set[str]:
     return chosen
 
 
+def synth_dir(dataset: str, row: dict[str, Any]) -> Path:
+    return LUT_DIR / 'synth' / dataset / Path(row['dump']).stem
+
+
 def synthesize(dataset: str, row: dict[str, Any], n_check: int) -> dict[str, Any]:
-    out = LUT_DIR / 'synth' / dataset / Path(row['dump']).stem
+    """``hgq.synth`` of one rebuilt model (or its earlier ``synth.json``)."""
+    out = synth_dir(dataset, row)
     synth_file = out / 'synth.json'
     if synth_file.is_file():
         result = json.loads(synth_file.read_text())
         print(f'{row["dump"]}: reusing {synth_file.relative_to(WORK_DIR)}', flush=True)
     else:
         model = build_model(load_dump(LUT_DIR / 'dumps' / dataset / row['dump']))
-        result = hgq.synth(model, out, check=n_check, verbose=True)
-    keys = ('lut', 'ff', 'carry', 'depth', 'estimate_lut', 'mismatches', 'n_checked', 'seconds', 'synthesizer')
-    return {f'synth_{k}' if k == 'estimate_lut' else k: result[k] for k in keys}
+        # random probes (half beyond the calibrated range) and the equivalence inputs (their grid hits ties)
+        check = np.concatenate([probe_inputs(model, n_check), equivalence_inputs(load_split(dataset)['x_test'])])
+        result = hgq.synth(model, out, check=check, verbose=True)
+    keys = ('lut', 'ff', 'carry', 'inv', 'depth', 'estimate_lut', 'mismatches', 'n_checked', 'seconds', 'synthesizer')
+    return {f'da4ml_{k}' if k == 'estimate_lut' else k: result[k] for k in keys}
 
 
 def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -292,24 +305,28 @@ def write_markdown(path: Path, dataset: str, summary: list[dict[str, Any]], rows
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dataset', default='digits')
-    parser.add_argument('--copy', action='store_true', help='copy the dumps with full formats, then stop')
-    parser.add_argument('--margin', type=float, default=0.15, help='synthesize models within this of the cheapest')
+    parser.add_argument('--copy', type=Path, metavar='DIR', help='copy the dumps with full formats from DIR, then stop')
+    parser.add_argument('--margin', type=float, default=0.0, help='synthesize models within this of the cheapest')
     parser.add_argument('--all', action='store_true', help='synthesize every equivalent model')
     parser.add_argument('--n-check', type=int, default=2000, help='probe inputs for the Verilog check')
     parser.add_argument('--no-synth', action='store_true', help='check and estimate only')
+    parser.add_argument('--seeds', type=int, nargs='+', default=None, help='only the dumps of these seeds')
+    parser.add_argument('--only', nargs='+', default=None, help='synthesize these dumps (file names) only')
     args = parser.parse_args()
     if args.copy:
-        copy_dumps(args.dataset)
+        copy_dumps(args.dataset, args.copy)
         return
     start = time.perf_counter()
     data = load_split(args.dataset)
-    rows = check_all(args.dataset, data)
+    rows = [r for r in check_all(args.dataset, data) if args.seeds is None or r['seed'] in args.seeds]
     equivalent = {r['dump'] for r in rows if r['equivalence']['mismatches'] == 0}
     chosen = equivalent if args.all else selected(rows, args.margin)
-    if not args.no_synth:
-        for row in rows:
-            if row['dump'] in chosen:
-                row.update(synthesize(args.dataset, row, args.n_check))
+    if args.only is not None:
+        chosen = set(args.only) & equivalent
+    for row in rows:
+        measured = (synth_dir(args.dataset, row) / 'synth.json').is_file()
+        if measured or (row['dump'] in chosen and not args.no_synth):
+            row.update(synthesize(args.dataset, row, args.n_check))
     summary = table(rows)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     result = {

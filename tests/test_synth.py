@@ -163,6 +163,29 @@ def test_saturating_truncating_first_quantizer_and_loaded_functional_model(tmp_p
     _assert_exact_and_informative(loaded, traced, x, rtl.verilog.simulate(traced, tmp_path / 'rtl', 'sat', x))
 
 
+@pytest.mark.parametrize('first_overflow', ['SAT', 'WRAP'])
+def test_ties_to_even_rounding_is_traced_exactly(tmp_path: Path, first_overflow: str) -> None:
+    """RND_CONV (QKeras's rounding) at the model input (ports with a sticky bit) and inside (on exact sums)."""
+    inp = keras.Input((6,))
+    h = HQuantize(input_quantizer={'overflow_mode': first_overflow, 'round_mode': 'RND_CONV', 'signed': False})(inp)
+    h = HDense(5, activation='relu', input_quantizer={'overflow_mode': 'SAT', 'round_mode': 'RND_CONV'})(h)
+    model = _calibrated(keras.Model(inp, HDense(3, input_quantizer={'round_mode': 'RND_CONV'})(h)), seed=7)
+    rng = np.random.default_rng(3)
+    grid = rng.integers(-256, 256, size=(1000, 6)).astype('float32') / 64  # exact halves of every f <= 5
+    x = np.concatenate([rtl.probe_inputs(model, 1000, seed=4), grid, grid + 2.0**-12])  # ties and just above
+    first = model.layers[1].input_quantizer
+    k, i, f = first.kif()
+    half_up = hgq.fixed_point.quantize(grid, k, i, f, 'RND', first.overflow_mode)
+    to_even = hgq.fixed_point.quantize(grid, k, i, f, 'RND_CONV', first.overflow_mode)
+    assert np.sum(half_up != to_even) > 20  # the inputs hold ties that the two modes round apart
+    traced = rtl.trace_model(model)
+    assert traced.input_sticky.all()
+    assert np.array_equal(traced.predict(x), model.predict(x, verbose=0))
+    rtl.verilog.write_verilog(traced, tmp_path / 'rtl', 'conv')
+    sample = x[::5]
+    _assert_exact_and_informative(model, traced, sample, rtl.verilog.simulate(traced, tmp_path / 'rtl', 'conv', sample))
+
+
 @pytest.mark.parametrize(
     ('layer', 'message'),
     [

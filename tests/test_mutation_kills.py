@@ -542,3 +542,18 @@ def test_under_tensorflow_the_observation_pass_is_compiled_once_for_every_batch_
     assert np.array_equal(np.asarray(forward([x])), model(x, training=False).numpy())
     assert np.array_equal(np.asarray(forward([x[:1]])), model(x[:1], training=False).numpy())
     assert forward.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize('scale', [-1.0, np.inf, np.nan])
+def test_a_step_scale_must_be_finite_and_not_negative(scale):
+    step = ScaledStep(keras.Variable(1.0), 4.0)
+    with pytest.raises(ValueError, match='the step scale must be a finite number >= 0'):
+        step.set_scale(scale)
+
+
+def test_a_step_scale_of_zero_or_below_one_is_allowed():
+    """0 freezes the bitwidths (SettleBits), a fraction slows them."""
+    step = ScaledStep(keras.Variable(1.0), 4.0)
+    for scale in (0.0, 0.5):
+        step.set_scale(scale)
+        assert step.get_config() == {'scale': scale}

@@ -16,7 +16,7 @@ export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 
 if [ "$DATASET" = digits ]; then
     BETAS=${BETAS:-"0 1e-7 3e-7 1e-6 3e-6 5e-6 1e-5 3e-5 5e-5 1e-4 2e-4 3e-4"}; RAMPS=${RAMPS-"1e-6:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
-    WARMUP_BETAS=${WARMUP_BETAS-"5e-6 5e-5 1e-4"}
+    WARMUP_BETAS=${WARMUP_BETAS-"5e-6 6e-6 7e-6 1e-5 2e-5 5e-5 1e-4"}
     PREP=""
 else
     BETAS=${BETAS:-"0 1e-7 2e-7 3e-7 1e-6 3e-6 1e-5 3e-5 1e-4 3e-4"}; RAMPS=${RAMPS-"1e-7:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}

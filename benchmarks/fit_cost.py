@@ -9,20 +9,65 @@ current ``hgq.cost.cost_terms`` (the rows' recorded terms may come from an older
 Writes ``benchmarks/results/cost_fit.json`` and ``cost_fit.md``; the coefficients go into
 ``hgq.cost.LUT_COEFFICIENTS`` by hand.
 
+Held out entirely: the front models of ``synth_front.py`` (every tool's benchmark MLPs rebuilt from their dumps,
+``results/<dataset>_lut.json``) are predicted by the coefficients fitted on the models above, never fitted on.
+
+Diagnosis (``--no-overlap`` skips it): every model is traced again and each two-operand adder of the logic is
+split into the bit positions where both operands have bits (``overlap``: one LUT each on a carry chain) and those
+where only one has (``span - overlap``: the low bits pass through as wires, the high bits ride the carry chain
+through an inverter or nothing). LUTs per overlap bit are far steadier across models than LUTs per adder bit.
+
     python benchmarks/fit_cost.py
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
-from bench_common import BENCH_DIR, RESULTS_DIR
+from bench_common import BENCH_DIR, RESULTS_DIR, load_dump
+from da4ml.types import minimal_kif
 from scipy.optimize import nnls
+from synth_front import LUT_DIR, build_model
 
 import hgq  # noqa: F401  (registers the H-layers)
 from hgq.cost import COST_TERMS, cost_terms
+from hgq.rtl.trace import trace_model
+
+
+def adder_bits_split(model: keras.Model) -> dict[str, int]:
+    """Bit positions of the traced logic's two-operand adders: where both operands have bits, and in all."""
+    ops = trace_model(model).comb.ops
+
+    def bit_range(op_index: int, shift: int = 0) -> tuple[int, int] | None:
+        k, i, f = minimal_kif(ops[op_index].qint)
+        return None if k + i + f <= 0 else (-f + shift, int(k) + i + shift)
+
+    overlap = span = 0
+    for op in ops:
+        if op.opcode not in (0, 1):  # addition, subtraction (data: the shift of the second operand)
+            continue
+        a, b = bit_range(op.id0), bit_range(op.id1, op.data)
+        if a is None or b is None:
+            continue
+        overlap += max(0, min(a[1], b[1]) - max(a[0], b[0]))
+        span += max(a[1], b[1]) - min(a[0], b[0])
+    return {'overlap_bits': overlap, 'span_bits': span}
+
+
+def front_rows() -> list[dict]:
+    """The synthesized, equivalent front models of ``synth_front.py`` (every ``results/*_lut.json``)."""
+    rows = []
+    for path in sorted(RESULTS_DIR.glob('*_lut.json')):
+        result = json.loads(path.read_text())
+        for r in result['rows']:
+            if r.get('lut') and r.get('mismatches') == 0 and r['equivalence']['mismatches'] == 0:
+                dump = LUT_DIR / 'dumps' / result['dataset'] / r['dump']
+                rows.append({**r, 'family': f'front {result["dataset"]} {r["tool"]}', 'dump_path': dump})
+    return rows
 
 
 def fit(features: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -32,11 +77,22 @@ def fit(features: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--no-overlap', action='store_true', help='skip the adder-overlap diagnosis (traces all)')
+    args = parser.parse_args()
     rows = [json.loads(line) for line in (RESULTS_DIR / 'synth_models.jsonl').read_text().splitlines() if line]
     rows = [r for r in rows if r['lut']]
     for r in rows:
         model = keras.models.load_model(BENCH_DIR / r['model'], compile=False)
         r['terms'] = cost_terms(model)
+        if not args.no_overlap:
+            r.update(adder_bits_split(model))
+    held_out = front_rows()
+    for r in held_out:
+        model = build_model(load_dump(Path(r.pop('dump_path'))))
+        r['terms'] = cost_terms(model)
+        if not args.no_overlap:
+            r.update(adder_bits_split(model))
     lut = np.array([r['lut'] for r in rows], dtype=np.float64)
     x = np.array([[r['terms'][t] for t in COST_TERMS] for r in rows])
     coef = fit(x, lut)
@@ -70,7 +126,21 @@ def main() -> None:
     for r, o, lo, lf, e in zip(rows, ours, loo, lfo, ebops_only, strict=True):
         r.update(estimate_ours=float(o), estimate_ours_loo=float(lo), estimate_ours_lfo=float(lf))
         r.update(estimate_ebops_only=float(e))
-    (RESULTS_DIR / 'cost_fit.json').write_text(json.dumps({'summary': summary, 'models': rows}, indent=1) + '\n')
+    for r in held_out:
+        r['estimate_ours_held_out'] = float(np.array([r['terms'][t] for t in COST_TERMS]) @ coef)
+        r['estimate_ebops_only'] = float(r['terms']['ebops'] * ebops_coef[0])
+    if held_out:
+        held_err = [r['estimate_ours_held_out'] / r['lut'] - 1 for r in held_out]
+        summary['held_out_fronts'] = {'n_models': len(held_out), 'error_range': [min(held_err), max(held_err)]}
+    if not args.no_overlap:
+        per_overlap = [r['lut'] / r['overlap_bits'] for r in rows + held_out]
+        per_span = [r['lut'] / r['span_bits'] for r in rows + held_out]
+        summary['lut_per_adder_bit'] = {
+            'overlap': [round(min(per_overlap), 3), round(max(per_overlap), 3)],
+            'span': [round(min(per_span), 3), round(max(per_span), 3)],
+        }
+    models = {'summary': summary, 'models': rows, 'held_out_fronts': held_out}
+    (RESULTS_DIR / 'cost_fit.json').write_text(json.dumps(models, indent=1, default=str) + '\n')
 
     lines = [
         '| family | beta | seed | test acc | EBOPs | yosys LUT | ours (err) | leave-one-out | leave-family-out | '
@@ -86,6 +156,28 @@ def main() -> None:
             f'{r["lut"]:,} | {ours[i]:,.0f} ({err(ours)[i]:+.1%}) | {err(loo)[i]:+.1%} | {err(lfo)[i]:+.1%} | '
             f'{ebops_only[i]:,.0f} ({err(ebops_only)[i]:+.1%}) | {da4ml[i]:,.0f} ({err(da4ml)[i]:+.1%}) |'
         )
+    if held_out:
+        lines += ['', 'Held out: front models of every tool, predicted by the coefficients above (never fitted on).']
+        lines += ['']
+        lines += ['| family | config | seed | test acc | EBOPs | yosys LUT | ours (err) | c x EBOPs (err) |']
+        lines += ['|---|---|---|---|---|---|---|---|']
+        for r in sorted(held_out, key=lambda r: (r['family'], r['lut'])):
+            o, e = r['estimate_ours_held_out'], r['estimate_ebops_only']
+            lines.append(
+                f'| {r["family"]} | {r["config"]} | {r["seed"]} | {r["test_accuracy"]:.4f} | {r["ebops"]:,.0f} | '
+                f'{r["lut"]:,} | {o:,.0f} ({o / r["lut"] - 1:+.1%}) | {e:,.0f} ({e / r["lut"] - 1:+.1%}) |'
+            )
+    if not args.no_overlap:
+        lines += ['', 'Adders of the traced logic: bit positions where both operands have bits (overlap) and in all.']
+        lines += ['']
+        lines += ['| family | config | yosys LUT | overlap bits | LUT / overlap bit | span bits | LUT / span bit |']
+        lines += ['|---|---|---|---|---|---|---|']
+        for r in sorted(rows + held_out, key=lambda r: (r['family'], r['lut'])):
+            config = r.get('config') or f'beta={r.get("beta")}'
+            lines.append(
+                f'| {r["family"]} | {config} | {r["lut"]:,} | {r["overlap_bits"]:,} | '
+                f'{r["lut"] / r["overlap_bits"]:.3f} | {r["span_bits"]:,} | {r["lut"] / r["span_bits"]:.3f} |'
+            )
     (RESULTS_DIR / 'cost_fit.md').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))
     print(json.dumps(summary, indent=1))

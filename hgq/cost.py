@@ -48,6 +48,7 @@ from hgq.layers.base import HLayer
 from hgq.layers.batchnorm import HBatchNormalization
 from hgq.layers.conv import HConv
 from hgq.layers.kernel import HKernelLayer
+from hgq.layers.merge import HConcatenate, HMerge
 from hgq.layers.pooling import HGlobalAveragePooling, HPooling
 from hgq.layers.quantize import HQuantize
 from hgq.layers.windows import sliding_windows
@@ -93,21 +94,29 @@ _ELEMENTWISE = (HQuantize, HActivation, HBatchNormalization, keras.layers.Dropou
 _ELEMENTWISE += (keras.layers.Activation,)
 
 
-def _chain(model: keras.Model) -> list[keras.layers.Layer] | None:
-    """The model's layers if each reads the output of the one before (the first the model input), else None."""
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _graph(model: keras.Model) -> list[tuple[keras.layers.Layer, list[Any], Any]] | None:
+    """``(layer, input tensors, output tensor)`` in call order, for a model whose layers are each called once.
+
+    A Sequential model is a chain; a functional model may branch and merge. None for other models (subclassed,
+    nested models, shared layers, several inputs or outputs).
+    """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if not layers or any(isinstance(layer, keras.Model) for layer in layers):
         return None
     if isinstance(model, keras.Sequential):
-        return layers
+        return [(layer, [None], None) for layer in layers]
     try:
-        if len(model.inputs) != 1 or len(model.outputs) != 1 or layers[-1].output is not model.outputs[0]:
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
             return None
-        if any(layer.input is not before.output for before, layer in zip(layers, layers[1:], strict=False)):
+        if any(len(getattr(layer, '_inbound_nodes', [])) != 1 for layer in layers):
             return None
+        return [(layer, _as_list(layer.input), layer.output) for layer in layers]
     except (AttributeError, ValueError):  # a subclassed model: no symbolic graph
         return None
-    return layers
 
 
 def _per_sample(tensor: Any) -> tuple[int, ...]:
@@ -127,18 +136,20 @@ def _window_edges(layer: HConv | HPooling, in_shape: tuple[int, ...]) -> tuple[n
     return tuple(np.array(column, dtype=np.int64) for column in zip(*edges, strict=True))  # type: ignore[return-value]
 
 
-def _used_inputs(layer: keras.layers.Layer, live: Any, bits_w: Any) -> Any:
-    """1 where an input element of ``layer`` reaches a live output element (its own bitwidth aside), else 0.
+def _used_inputs(layer: keras.layers.Layer, live: Any, bits_w: Any) -> list[Any] | None:
+    """Per input of ``layer``: 1 where an element reaches a live output element (its own bitwidth aside), else 0.
 
     ``None`` for a layer this analysis does not follow (everything before it then counts as live).
     """
+    if isinstance(layer, HMerge):
+        return _merge_used(layer, live)
     in_shape = _per_sample(layer.input)
     if isinstance(layer, keras.layers.Flatten | keras.layers.Reshape):
-        return ops.reshape(live, in_shape)
+        return [ops.reshape(live, in_shape)]
     if isinstance(layer, _ELEMENTWISE):
-        return live
+        return [live]
     if isinstance(layer, HGlobalAveragePooling):
-        return ops.broadcast_to(ops.reshape(live, (in_shape[-1],)), in_shape)
+        return [ops.broadcast_to(ops.reshape(live, (in_shape[-1],)), in_shape)]
     if isinstance(layer, HKernelLayer) and not isinstance(layer, HConv):
         used = ops.matmul(live, ops.transpose(_nonzero(bits_w)))
     elif isinstance(layer, HConv | HPooling):
@@ -154,7 +165,17 @@ def _used_inputs(layer: keras.layers.Layer, live: Any, bits_w: Any) -> Any:
         used = ops.reshape(ops.segment_sum(gathered, in_index, num_segments=n_positions), in_shape)
     else:
         return None
-    return _nonzero(used)
+    return [_nonzero(used)]
+
+
+def _merge_used(layer: HMerge, live: Any) -> list[Any]:
+    """Elementwise merges: every input element under a live output is used; a concatenation splits ``live``."""
+    shapes = [_per_sample(t) for t in _as_list(layer.input)]
+    if not isinstance(layer, HConcatenate):
+        return [ops.broadcast_to(live, shape) for shape in shapes]
+    axis = layer.axis if layer.axis < 0 else layer.axis - 1  # per-sample axis
+    sizes = np.cumsum([shape[axis] for shape in shapes])[:-1].tolist()
+    return list(ops.split(live, sizes, axis=axis))
 
 
 def _nonzero(x: Any) -> Any:
@@ -173,22 +194,44 @@ def _input_bits(layer: HLayer, quantizer: Any, exact: bool) -> Any:
     return layer.input_bits_exact(quantizer).astype(np.float32) if exact else quantizer.bits()
 
 
-def _live_masks(model: keras.Model, exact: bool) -> dict[int, tuple[Any, Any]]:
-    """Per layer id: (live output elements, used input elements) as 0/1 maps of the per-sample shapes."""
-    layers = _chain(model)
-    if layers is None:
+def _live_masks(model: keras.Model, exact: bool) -> dict[int, tuple[Any, list[Any]]]:
+    """Per layer id: (live output elements, used elements of each input) as 0/1 maps of the per-sample shapes.
+
+    Walks the layers backwards from the output. A tensor read by several layers is live where any of them uses it.
+    A layer the analysis does not follow makes all of its inputs live (and is left out of the result).
+    """
+    graph = _graph(model)
+    if graph is None:
         return {}
-    masks: dict[int, tuple[Any, Any]] = {}
-    live = ops.ones(_per_sample(layers[-1].output))
-    for layer in reversed(layers):
+    sequential = isinstance(model, keras.Sequential)
+    masks: dict[int, tuple[Any, list[Any]]] = {}
+
+    def output_key(n: int) -> int:  # a Sequential layer's output is keyed by the layer that reads it
+        if sequential:
+            return id(graph[n + 1][0]) if n + 1 < len(graph) else -1
+        return id(graph[n][2])
+
+    # key of a tensor -> its live elements, from the layers that read it (the model output: all)
+    model_output = -1 if sequential else id(model.outputs[0])
+    live_of: dict[int, Any] = {model_output: ops.ones(_per_sample(model.outputs[0]))}
+    for n in range(len(graph) - 1, -1, -1):
+        layer, inputs, _ = graph[n]
+        live = live_of.get(output_key(n), ops.zeros(_per_sample(layer.output)))  # read by no layer: drives nothing
         bits_w = _kernel_bits(layer, exact) if isinstance(layer, HKernelLayer) else None
         used = _used_inputs(layer, live, bits_w)
         if used is None:
-            break
-        masks[id(layer)] = (live, used)
-        live = used
-        if isinstance(layer, HLayer) and len(layer.activation_quantizers) == 1:
-            live = used * _nonzero(_input_bits(layer, layer.input_quantizer, exact))
+            used_upstream = [ops.ones(_per_sample(t) if not sequential else _per_sample(layer.input)) for t in inputs]
+        else:
+            masks[id(layer)] = (live, used)
+            quantizers = layer.activation_quantizers if isinstance(layer, HLayer) else []
+            used_upstream = used
+            if len(quantizers) == len(used):  # an element its input quantizer gives 0 bits drives nothing
+                used_upstream = [
+                    u * _nonzero(_input_bits(layer, q, exact)) for u, q in zip(used, quantizers, strict=True)
+                ]
+        for tensor, u in zip(inputs, used_upstream, strict=True):
+            key = id(layer) if sequential else id(tensor)
+            live_of[key] = ops.maximum(live_of[key], u) if key in live_of else u
     return masks
 
 
@@ -196,11 +239,12 @@ def live_masks(model: keras.Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Which elements of each layer reach a model output: ``{layer name: (live outputs, used inputs)}``.
 
     An output element is live if some model output depends on it: through a non-zero quantized weight, a window
-    of a convolution or pooling, and quantizers that give it at least one bit. ``used inputs`` are the input
-    elements a live output reads (before the layer's own input quantizer). Followed for models whose layers form
-    one chain (Sequential and chain-shaped functional models) back to the first layer it cannot follow
-    (merges, softmax, custom layers); layers before that, and models of other shapes, are missing from the
-    result: all their logic counts as live.
+    of a convolution or pooling, a merge (``HAdd``, ``HSubtract``, ``HMultiply``: elementwise; ``HConcatenate``:
+    its slice), and quantizers that give it at least one bit; a tensor read by several layers is live where any of
+    them uses it. ``used inputs`` are the input elements a live output reads (before the layer's own input
+    quantizer): one array, or a tuple with one per input of a merge. Followed for Sequential and functional models
+    (one input, one output, each layer called once); a layer it cannot follow (softmax, custom layers) makes its
+    inputs live, and is missing from the result. Models of other shapes give ``{}``: all their logic counts as live.
 
     Examples
     --------
@@ -209,8 +253,12 @@ def live_masks(model: keras.Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     ((13, 13, 4), (28, 28, 1))
     """
     names = {id(layer): layer.name for layer in all_layers(model)}
+
+    def boolean(x: Any) -> np.ndarray:
+        return ops.convert_to_numpy(x).astype(bool)
+
     return {
-        names[key]: (ops.convert_to_numpy(live).astype(bool), ops.convert_to_numpy(used).astype(bool))
+        names[key]: (boolean(live), boolean(used[0]) if len(used) == 1 else tuple(boolean(u) for u in used))
         for key, (live, used) in _live_masks(model, exact=True).items()
     }
 
@@ -248,7 +296,7 @@ def _terms(model: keras.Model, exact: bool) -> dict[str, Any]:
     for layer in all_layers(model):
         if not isinstance(layer, HLayer):
             continue
-        live, used = masks.get(id(layer), (1.0, 1.0))
+        live, used = masks.get(id(layer), (1.0, None))
         if isinstance(layer, HKernelLayer):
             batch_live = ops.expand_dims(live, 0) if id(layer) in masks else 1.0
             for name, value in _kernel_terms(layer, exact, batch_live).items():
@@ -257,9 +305,11 @@ def _terms(model: keras.Model, exact: bool) -> dict[str, Any]:
             totals['ebops'] = totals['ebops'] + (layer.exact_ebops() if exact else layer.ebops())
         if isinstance(layer, HPooling) and layer.mode == 'max':
             totals['pool_bits'] = totals['pool_bits'] + _pool_bits(layer, exact, live)
-        for q in layer.activation_quantizers:
+        quantizers = layer.activation_quantizers
+        for n, q in enumerate(quantizers):
             if id(q) not in skip:
-                totals['act_bits'] = totals['act_bits'] + ops.sum(_input_bits(layer, q, exact) * used)
+                u = 1.0 if used is None else used[n] if len(used) == len(quantizers) else used[0]
+                totals['act_bits'] = totals['act_bits'] + ops.sum(_input_bits(layer, q, exact) * u)
     return totals
 
 

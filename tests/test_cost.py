@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import hgq
 from hgq.cost import COST_TERMS, LUT_COEFFICIENTS, LUTPenalty, cost_terms, live_masks, lut_cost, lut_estimate
-from hgq.layers import HConv1D, HConv2D, HDense, HMaxPooling2D, HQuantize
+from hgq.layers import HAdd, HConcatenate, HConv1D, HConv2D, HDense, HMaxPooling2D, HQuantize
 
 
 def _two_layer_model() -> keras.Model:
@@ -85,6 +85,43 @@ def test_dead_conv_positions_are_left_out_and_pooling_comparators_counted(functi
     dense_ebops = float(np.sum(dense.input_bits_exact()) * 1)  # weights 0.5: 1 bit each
     assert terms['ebops'] == pytest.approx(conv_ebops + dense_ebops)
     assert terms['pool_bits'] == pytest.approx(np.sum(pool.input_bits_exact()[:4, :4]))
+
+
+def test_dead_logic_is_followed_through_merges_and_branches() -> None:
+    """Unit 2 of both branches reaches the output only through an all-zero weight: dead, as is input 3."""
+    inp = keras.Input((4,))
+    q = HQuantize(name='q')(inp)
+    a = HDense(3, activation='relu', name='a')(q)
+    b = HDense(3, activation='relu', name='b')(q)
+    added = HAdd(name='add')([a, b])
+    joined = HConcatenate(name='cat')([added, a])  # `a` is also read here, through zero weights only
+    model = keras.Model(inp, HDense(1, name='out')(joined))
+    layer = {name: model.get_layer(name) for name in ('a', 'b', 'out')}
+    out_kernel = np.zeros((6, 1), dtype='float32')
+    out_kernel[:2] = 0.5  # only units 0 and 1 of the sum reach the output
+    layer['out'].kernel.assign(out_kernel)
+    for name in ('a', 'b'):
+        kernel = np.full((4, 3), 0.25, dtype='float32')
+        kernel[3, :2] = 0.0  # input 3 feeds unit 2 only
+        layer[name].kernel.assign(kernel)
+    hgq.calibrate(model, np.random.default_rng(0).uniform(-1, 1, size=(256, 4)).astype('float32'))
+    masks = live_masks(model)
+    for name in ('a', 'b'):
+        assert masks[name][0].tolist() == [True, True, False]
+        assert masks[name][1].tolist() == [True, True, True, False]  # input 3 only reaches the dead unit
+    cat_live, (from_sum, from_a) = masks['cat']
+    assert cat_live.tolist() == [True, True, False, False, False, False]
+    assert from_sum.tolist() == [True, True, False] and not from_a.any()
+    assert masks['q'][0].tolist() == [True, True, True, False]
+    # EBOPs of the live logic, counted by hand: dense `a` and `b` over their live units, `out` over its two weights
+    counted = 0.0
+    for name in ('a', 'b'):
+        bits_w = layer[name].kernel_quantizer.exact_bits(layer[name].kernel)
+        counted += float(layer[name].input_bits_exact() @ bits_w[:, :2].sum(axis=1))
+    counted += float(layer['out'].input_bits_exact()[:2].sum())  # weights 0.5: 1 bit each
+    merges = sum(model.get_layer(n).exact_ebops() for n in ('add', 'cat'))
+    assert cost_terms(model)['ebops'] == pytest.approx(counted + merges)
+    assert cost_terms(model)['ebops'] < hgq.ebops(model)  # everything counted as live would be more
 
 
 def test_differentiable_cost_equals_the_estimate_after_calibration_and_trains_a_cnn() -> None:

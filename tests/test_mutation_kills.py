@@ -559,3 +559,23 @@ def test_a_step_scale_of_zero_or_below_one_is_allowed():
     for scale in (0.0, 0.5):
         step.set_scale(scale)
         assert step.get_config() == {'scale': scale}
+
+
+def test_bitwidths_move_bits_lr_scale_times_the_optimizer_step():
+    if keras.backend.backend() == 'jax':
+        pytest.skip('under JAX the bit pace is not applied (bits_pace_supported)')
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
+
+    def f_change(scale):
+        quantizer = {'bits_lr_scale': scale, 'f_init': 2.0, 'i_init': 3.0}
+        model = keras.Sequential([keras.Input((3,)), HQuantize(input_quantizer=quantizer, name='hq')])
+        model.compile(keras.optimizers.SGD(0.01), 'mse')
+        f = model.get_layer('hq').input_quantizer.f
+        before = f.numpy().copy()
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        return f.numpy() - before
+
+    once, scaled = f_change(1.0), f_change(4.0)
+    assert np.all(once != 0)
+    np.testing.assert_allclose(scaled, 4.0 * once, rtol=1e-3)  # f near 2 holds steps to 2.4e-7 (float32)

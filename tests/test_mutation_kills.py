@@ -579,3 +579,10 @@ def test_bitwidths_move_bits_lr_scale_times_the_optimizer_step():
     once, scaled = f_change(1.0), f_change(4.0)
     assert np.all(once != 0)
     np.testing.assert_allclose(scaled, 4.0 * once, rtol=1e-3)  # f near 2 holds steps to 2.4e-7 (float32)
+
+
+@pytest.mark.parametrize('decay', [-1e-8, np.inf, np.nan])
+def test_bits_decay_must_be_finite_and_not_negative(decay):
+    with pytest.raises(ValueError, match='bits_decay must be a finite number >= 0'):
+        ActivationQuantizer(bits_decay=decay)
+    assert WeightQuantizer(bits_decay=0.0).bits_decay == 0.0

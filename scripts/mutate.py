@@ -25,7 +25,9 @@ Steps (``python scripts/mutate.py MODULE ...``, see scripts/MUTATION.md):
 
 Results go to ``OUT/<module>.jsonl`` (one line per mutant; a rerun skips mutants already judged unless
 ``--fresh``); ``--show ID`` prints a mutant's diff; ``--summary`` prints the score table, with the mutants listed
-in ``scripts/equivalent_mutants.txt`` excluded.
+in ``scripts/equivalent_mutants.txt`` excluded. For a machine short of CPU: ``--carry`` keeps the kills of an earlier
+commit on lines that read the same, ``--also`` adds whole test files written since the coverage map, ``--shuffle``
+and ``--max-tests`` trade completeness for time (scripts/MUTATION.md).
 """
 
 from __future__ import annotations
@@ -433,13 +435,15 @@ def run_module(
     rejudge: list[str] | None = None,
     shuffle: int | None = None,
     max_tests: int | None = None,
+    also: list[str] | None = None,
 ) -> None:
     results_path = out / f'{module}.jsonl'
     if fresh and results_path.exists():
         results_path.unlink()
     latest = _latest(results_path)
     if rejudge:  # the survivors again, against whole test files (new tests), without a coverage map
-        alive = {i for i, e in latest.items() if e['status'] in ('survived', 'uncovered')}
+        equivalent = equivalent_ids()
+        alive = {i for i, e in latest.items() if e['status'] in ('survived', 'uncovered') and i not in equivalent}
         done = {i for i in set(latest) | {m.id for f in MODULES[module][0] for m in list_mutants(f)} if i not in alive}
         durations = {t: 30.0 for t in rejudge}
         cov = {'durations': durations, 'lines': {f: {} for f in MODULES[module][0]}, 'rejudge': rejudge}
@@ -478,6 +482,8 @@ def run_module(
             mutant, span = pending.pop(0)
             tests, how = _select_tests(mutant, span, cov)
             tests = tests[:max_tests] if max_tests else tests
+            if also:  # whole files after the covering tests (which are the fastest and kill most mutants)
+                tests = [*(t for t in tests if t.split('::')[0] not in also), *also]
             if not tests:
                 record(mutant, 'uncovered', 0.0, how, 0)
                 continue
@@ -501,6 +507,42 @@ def run_module(
                 record(mutant, 'timeout', used, how, n_tests)
 
 
+# ----------------------------------------------------------------------------------------------------------- carry
+def carry(module: str, out: Path, old_out: Path, old_commit: str) -> None:
+    """Copy the kills judged at ``old_commit`` (``old_out``) onto the same mutants of the current tree.
+
+    A mutant is the same when its line reads the same, character for character, at both commits (same column and
+    mutation): an incremental run for a machine short of CPU. Survivors are never carried: they are judged anew.
+    Carried entries say so (``carried``), and the summary counts them apart.
+    """
+    results_path = out / f'{module}.jsonl'
+    judged = _latest(results_path)
+    old = _latest(old_out / f'{module}.jsonl')
+    added = 0
+    for file in MODULES[module][0]:
+        old_text = subprocess.run(['git', 'show', f'{old_commit}:{file}'], cwd=REPO_TREE, capture_output=True,
+                                  text=True, check=True).stdout.splitlines()
+        new_text = (REPO_TREE / file).read_text().splitlines()
+        by_text: dict[tuple[str, int, str], list[dict]] = {}
+        for entry in old.values():
+            if entry['file'] == file and entry['status'] in ('killed', 'timeout'):
+                _, _, col, label = entry['id'].split(':', 3)
+                by_text.setdefault((old_text[entry['line'] - 1], int(col), label), []).append(entry)
+        with open(results_path, 'a') as fh:
+            for mutant in list_mutants(file):
+                if mutant.id in judged:
+                    continue
+                text = new_text[mutant.line - 1]
+                if old_text.count(text) != 1 or new_text.count(text) != 1:  # the line must be unique at both commits
+                    continue
+                matches = by_text.get((text, mutant.col, mutant.label), [])
+                if len(matches) == 1:
+                    entry = dict(matches[0], id=mutant.id, line=mutant.line, carried=old_commit)
+                    fh.write(json.dumps(entry) + '\n')
+                    added += 1
+    print(f'[{module}] {added} kills carried from {old_commit}', flush=True)
+
+
 # --------------------------------------------------------------------------------------------------------- summary
 def equivalent_ids() -> dict[str, str]:
     """Mutant id -> reason, from scripts/equivalent_mutants.txt (``id  reason`` lines, ``#`` comments)."""
@@ -515,8 +557,8 @@ def equivalent_ids() -> dict[str, str]:
 
 def summary(out: Path, modules: list[str]) -> None:
     equivalent = equivalent_ids()
-    print('| module | mutants | equivalent | killed | timeout | survived | uncovered | score |')
-    print('|---|---|---|---|---|---|---|---|')
+    print('| module | mutants judged | equivalent | killed | timeout | survived | uncovered | score | kills carried |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for module in modules:
         path = out / f'{module}.jsonl'
         if not path.exists():
@@ -525,6 +567,7 @@ def summary(out: Path, modules: list[str]) -> None:
         entries = {i: e for i, e in _latest(path).items() if i in current}
         counts = {'killed': 0, 'timeout': 0, 'survived': 0, 'uncovered': 0, 'equivalent': 0}
         alive = []
+        carried = sum(1 for e in entries.values() if e.get('carried') and e['id'] not in equivalent)
         for entry in entries.values():
             status = 'equivalent' if entry['id'] in equivalent else entry['status']
             counts[status] = counts.get(status, 0) + 1
@@ -533,8 +576,8 @@ def summary(out: Path, modules: list[str]) -> None:
         caught = counts['killed'] + counts['timeout']
         scored = len(entries) - counts['equivalent']
         score = 100.0 * caught / scored if scored else float('nan')
-        print(f"| `{module}` | {len(entries)} | {counts['equivalent']} | {counts['killed']} | {counts['timeout']} | "
-              f"{counts['survived']} | {counts['uncovered']} | {score:.1f}% |")
+        print(f"| `{module}` | {len(entries)} of {len(current)} | {counts['equivalent']} | {counts['killed']} | "
+              f"{counts['timeout']} | {counts['survived']} | {counts['uncovered']} | {score:.1f}% | {carried} |")
         for name in alive:
             print(f'    alive: {name}', file=sys.stderr)
 
@@ -553,6 +596,10 @@ def main() -> None:
     parser.add_argument('--shuffle', type=int, metavar='SEED', help='judge the mutants in a random order')
     parser.add_argument('--max-tests', type=int, metavar='N',
                         help='run at most the N fastest covering tests per mutant (fewer kills, never more)')
+    parser.add_argument('--also', nargs='+', metavar='TEST_FILE', default=[],
+                        help='whole test files run for every mutant after its covering tests')
+    parser.add_argument('--carry', nargs=2, metavar=('OLD_OUT', 'OLD_COMMIT'),
+                        help='copy kills judged at OLD_COMMIT (results in OLD_OUT) onto mutants of unchanged lines')
     parser.add_argument('--list', action='store_true', help='list the mutants and stop')
     parser.add_argument('--show', metavar='ID', help='print the diff of one mutant')
     parser.add_argument('--summary', action='store_true', help='print the score table of earlier runs')
@@ -586,8 +633,12 @@ def main() -> None:
     import numpy  # noqa: F401
     import pytest  # noqa: F401
 
+    if args.carry:
+        for module in modules:
+            carry(module, args.out, Path(args.carry[0]), args.carry[1])
     for module in modules:
-        run_module(module, args.out, args.jobs, args.fresh, args.only, args.rejudge, args.shuffle, args.max_tests)
+        run_module(module, args.out, args.jobs, args.fresh, args.only, args.rejudge, args.shuffle, args.max_tests,
+                   args.also)
     summary(args.out, modules)
 
 

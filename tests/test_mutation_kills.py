@@ -567,18 +567,40 @@ def test_bitwidths_move_bits_lr_scale_times_the_optimizer_step():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
 
-    def f_change(scale):
+    def f_change(scale, pace=None):
         quantizer = {'bits_lr_scale': scale, 'f_init': 2.0, 'i_init': 3.0}
         model = keras.Sequential([keras.Input((3,)), HQuantize(input_quantizer=quantizer, name='hq')])
         model.compile(keras.optimizers.SGD(0.01), 'mse')
-        f = model.get_layer('hq').input_quantizer.f
-        before = f.numpy().copy()
+        q = model.get_layer('hq').input_quantizer
+        if pace is not None:
+            q.set_bits_pace(pace)
+        before = q.f.numpy().copy()
         model.fit(x, y, epochs=1, batch_size=8, verbose=0)
-        return f.numpy() - before
+        return q.f.numpy() - before
 
     once, scaled = f_change(1.0), f_change(4.0)
     assert np.all(once != 0)
     np.testing.assert_allclose(scaled, 4.0 * once, rtol=1e-3)  # f near 2 holds steps to 2.4e-7 (float32)
+    # set_bits_pace multiplies the configured pace: 4 * 0.5 = 2 times the optimizer step; 0 holds the bits
+    np.testing.assert_allclose(f_change(4.0, pace=0.5), 2.0 * once, rtol=1e-3)
+    assert np.all(f_change(4.0, pace=0.0) == 0)
+    with pytest.raises(ValueError, match='the bit pace factor must be a finite number >= 0'):
+        ActivationQuantizer().set_bits_pace(-1.0)
+
+
+def test_the_bits_decay_loss_pulls_every_positive_learned_bitwidth():
+    """``bits_decay * sum(max(b, 0))`` over ``f`` and (SAT) ``i``, in training only: f = -1 and 3, i = 3 and 3."""
+    x = np.ones((2, 2), np.float32)
+
+    def losses(decay, training=True):
+        q = ActivationQuantizer(overflow_mode='SAT', i_init=3.0, bits_decay=decay)
+        q.build((None, 2))
+        q.f.assign([-1.0, 3.0])
+        q(x, training=training)
+        return [float(loss) for loss in q.losses]
+
+    assert losses(0.0) == [] and losses(1e-3, training=False) == []
+    np.testing.assert_allclose(losses(1e-3), [1e-3 * 9.0], rtol=1e-6)
 
 
 @pytest.mark.parametrize('decay', [-1e-8, np.inf, np.nan])

@@ -4,7 +4,8 @@ Every trial is a fresh process that builds one model, fits it for ``--epochs`` e
 process CPU time of every epoch. The first epoch holds the tracing and (XLA) compilation of the training step;
 the later ones are steady state. Trials run in rounds, one trial of every tool per round in a rotating order
 (float, hgq, HGQ2; then hgq, HGQ2, float; ...), so that a change of load on a shared machine hits every tool
-alike. Ratios are taken within a round and their median over rounds is reported.
+alike. Ratios are taken within a round and their median over rounds is reported. ``--concurrent`` runs the
+trials of a round at the same time instead (all tools then share the same load; process CPU time is the figure).
 
 Models (same layer sizes, optimizer, loss and batch for every tool)::
 
@@ -41,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -264,8 +266,17 @@ def drive(args: argparse.Namespace) -> dict[str, Any]:
             trials = []
             for n in range(args.rounds):
                 order = tools[n % len(tools) :] + tools[: n % len(tools)]
-                for tool in order:
-                    t = run_trial(pythons[tool], backend, tool, model, args)
+                with ThreadPoolExecutor(len(order) if args.concurrent else 1) as pool:
+                    count = len(order)
+                    done = pool.map(
+                        run_trial,
+                        [pythons[t] for t in order],
+                        [backend] * count,
+                        order,
+                        [model] * count,
+                        [args] * count,
+                    )
+                for tool, t in zip(order, done, strict=True):
                     t['round'] = n
                     trials.append(t)
                     steady = statistics.median(t['wall'][1:])
@@ -289,6 +300,11 @@ def main() -> None:
     parser.add_argument('--epochs', type=int, default=8, help='epochs per trial (the first one is the compile epoch)')
     parser.add_argument('--digits-repeat', type=int, default=1, help='copies of the digits training set per epoch')
     parser.add_argument('--hgq2-python', default=DEFAULT_HGQ2_PYTHON)
+    parser.add_argument(
+        '--concurrent',
+        action='store_true',
+        help='run the trials of a round at the same time (a loaded machine, where starting TensorFlow takes minutes)',
+    )
     parser.add_argument('--baseline', type=Path, help='source checkout of hgq to time as hgq@base (before/after)')
     parser.add_argument('--out', type=Path, default=RESULTS_DIR / 'speed.json')
     parser.add_argument('--worker', choices=TOOLS, help=argparse.SUPPRESS)

@@ -262,6 +262,7 @@ def _run_steps(
         'n_outputs': int(traced.comb.shape[1]),
         'input_kif': traced.input_kif.T.tolist(),
         'input_overflow': traced.input_overflow.tolist(),
+        'input_sticky': None if traced.input_sticky is None else traced.input_sticky.tolist(),
         'cells': counts.get('cells'),
     }
 

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from learning import step_variable
 
 from hgq.fixed_point import quantize
 from hgq.layers import HDense, HQuantize
@@ -56,7 +57,7 @@ def test_wrap_training_gradients_follow_the_hgq_rule():
     q = ActivationQuantizer(f_init=2.0)
     q.build(x.shape)
     _random_f(q, 0.6, 4.4)
-    out, dx, (df,) = _grads(q, x, [q.f])
+    out, dx, (df,) = _grads(q, x, [step_variable(q, q.f)])
     assert np.array_equal(dx, np.ones_like(x)), 'straight-through: dq/dx must be 1'
     expected_df = np.sum(-LN2 * (out - x), axis=0)
     np.testing.assert_allclose(df, expected_df, rtol=1e-5, atol=1e-5)
@@ -67,7 +68,7 @@ def test_sat_gradients_reach_integer_bits_through_the_clip_bound():
     x = np.array([[0.3, 9.0, -9.0, -0.7]], dtype='float32')
     q = ActivationQuantizer(f_init=3.0, overflow_mode='SAT', i_init=1.0)
     q.build(x.shape)
-    out, dx, (df, di) = _grads(q, x, [q.f, q.i])
+    out, dx, (df, di) = _grads(q, x, [step_variable(q, q.f), step_variable(q, q.i)])
     assert out.tolist() == [[0.25, 1.875, -2.0, -0.75]]
     assert dx.tolist() == [[1.0, 0.0, 0.0, 1.0]], 'saturated values give no gradient to x'
     np.testing.assert_allclose(di, [0.0, LN2 * 2.0, -LN2 * 2.0, 0.0], rtol=1e-6)
@@ -80,7 +81,7 @@ def test_weight_gradients_follow_the_hgq_rule():
     q = WeightQuantizer(granularity='channel')
     q.build(w.shape)
     q.fit_initial_bits(w)
-    out, dw, (df,) = _grads(q, w, [q.f], training=None)
+    out, dw, (df,) = _grads(q, w, [step_variable(q, q.f)], training=None)
     assert np.array_equal(dw, np.ones_like(w))
     np.testing.assert_allclose(df, np.sum(-LN2 * (out - w), axis=0, keepdims=True), rtol=1e-5, atol=1e-6)
 

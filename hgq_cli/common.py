@@ -75,12 +75,14 @@ def _stale_variables(message: str) -> str | None:
     """A Keras loading error about a quantizer's variables, as the format difference it means (else None)."""
     import re
 
-    m = re.search(
-        r"Layer '([^']+)' expected (\d+) variables, but received (\d+).*?Expected: (\[[^\]]*\])", message, re.S
+    keras_check = re.search(
+        r"Layer '([^']+)' expected (\d+) variables, but received \d+.*?Expected: (\[[^\]]*\])", message, re.S
     )
+    own_check = re.search(r'(\S+): the saved quantizer holds \d+ variables, expected (\d+) (\([^)]*\))', message)
+    m = keras_check or own_check
     if m is None:
         return None
-    name, expected, _, names = m.groups()
+    name, expected, names = m.groups()
     return (
         f'was saved by another hgq version: quantizer {name!r} does not hold the {expected} variables {names} '
         f'this version stores; files saved before WRAP quantizers gained range_started '

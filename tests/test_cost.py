@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from learning import step_variable
 
 import hgq
 from hgq.cost import COST_TERMS, LUT_COEFFICIENTS, LUTPenalty, cost_terms, live_masks, lut_cost, lut_estimate
@@ -149,7 +150,8 @@ def test_estimate_is_the_weighted_sum_without_intercept() -> None:
 
 def test_differentiable_cost_has_gradients_towards_fewer_bits() -> None:
     model = _two_layer_model()
-    variables = [q.f for layer in model.layers for q in layer.quantizers if q.f.trainable]
+    # the bitwidths' gradients, read where the quantizers route them (their step variables)
+    variables = [step_variable(q, q.f) for layer in model.layers for q in layer.quantizers if q.f.trainable]
     with tf.GradientTape() as tape:
         cost = lut_cost(model)
     grads = tape.gradient(cost, variables)

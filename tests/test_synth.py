@@ -191,7 +191,7 @@ def test_ties_to_even_rounding_is_traced_exactly(tmp_path: Path, first_overflow:
     [
         (lambda: HActivation('tanh', name='tanh_table'), "'tanh_table' (HActivation('tanh'))"),
         (lambda: HSoftmax(name='probs'), "'probs' (HSoftmax)"),
-        (lambda: HDense(3, input_quantizer={'round_mode': 'RND_CONV'}, name='conv_round'), "'conv_round'"),
+        (lambda: HDense(3, input_quantizer={'round_mode': 'RND_ZERO'}, name='zero_round'), "'zero_round'"),
         (lambda: keras.layers.LayerNormalization(name='ln'), "'ln' (LayerNormalization)"),
     ],
 )

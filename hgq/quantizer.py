@@ -228,7 +228,6 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         self.bits_lr_scale = float(bits_lr_scale)
         self.bits_decay = float(bits_decay)
         self.shape: tuple[int, ...] | None = None
-        self._scaled_steps: list[ScaledStep] = []
         # id of a trainable bitwidth variable -> its step variable (see ScaledStep)
         self._steps: dict[int, Any] = {}
 
@@ -244,9 +243,13 @@ class _FixedPointQuantizerBase(keras.layers.Layer):
         if trainable:
             step = self.add_weight(name=f'{name}_step', shape=shape, initializer='zeros', trainable=True)
             step.constraint = ScaledStep(variable, self.bits_lr_scale)
-            self._scaled_steps.append(step.constraint)
             self._steps[id(variable)] = step
         return variable
+
+    @property
+    def _scaled_steps(self) -> list[ScaledStep]:
+        """The constraints of the step variables, one per trainable bitwidth, in creation order."""
+        return [step.constraint for step in self._steps.values()]
 
     def _learned(self, variable: Any) -> Any:
         """``variable``'s value, its gradient sent to its step variable (see :class:`ScaledStep`) if it has one.

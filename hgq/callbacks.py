@@ -410,8 +410,10 @@ class SettleBits(keras.callbacks.Callback):
             for quantizer in quantizers:
                 quantizer.set_bits_pace(factor)
         self._factor = factor
-        # JAX compiles the pace into the training step (hgq.quantizer.ScaledStep): the next step is compiled anew.
-        self.model.make_train_function(force=True)
+        if keras.backend.backend() == 'jax':
+            # JAX compiles the pace into the training step (hgq.quantizer.ScaledStep): compile the next step anew.
+            # TensorFlow and PyTorch read the pace variable in every step.
+            self.model.make_train_function(force=True)
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._factor = None

@@ -27,7 +27,9 @@ __all__ = [
     'seed_everything',
     'effective_bits',
     'dense_ebops',
+    'conv2d_ebops',
     'model_ebops',
+    'learning_rate',
     'dump_path',
     'save_dump',
     'load_dump',
@@ -43,6 +45,21 @@ SEED = 0
 SETTINGS = {
     'digits': {'hidden': 32, 'epochs': 60, 'batch_size': 32, 'learning_rate': 3e-3},
     'fashion_mnist': {'hidden': 64, 'epochs': 15, 'batch_size': 128, 'learning_rate': 2e-3},
+    # configs/fashion_mnist_cnn.yaml: Fashion-MNIST images 28x28x1, conv 8 -> pool -> conv 12 -> pool -> 32 -> 10,
+    # Adam 3e-3 decaying along a cosine to 5 % of it (``learning_rate``); the config's 40 epochs cut to what fits.
+    'fashion_mnist_cnn': {
+        'data': 'fashion_mnist',
+        'model': 'cnn',
+        'image_shape': (28, 28, 1),
+        'filters': (8, 12),
+        'kernel_size': 3,
+        'pool_size': 2,
+        'hidden': 32,
+        'epochs': 10,
+        'batch_size': 256,
+        'learning_rate': 3e-3,
+        'lr_final': 0.05,
+    },
 }
 # beta values swept for both HGQ tools (the same numbers: both add beta * EBOPs to the loss)
 BETAS = (0.0, 1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4)
@@ -121,9 +138,82 @@ def dense_ebops(input_bits: np.ndarray, kernel: np.ndarray) -> float:
     return float(input_bits.astype(np.float64) @ effective_bits(kernel).astype(np.float64) @ np.ones(kernel.shape[1]))
 
 
+def conv2d_ebops(
+    input_bits: np.ndarray, kernel: np.ndarray, strides: tuple[int, int] = (1, 1), padding: str = 'valid'
+) -> float:
+    """EBOPs of one 2D convolution (channels last), every output position with its own multipliers.
+
+    ``sum over output positions p, kernel offsets d, input channels c and filters o of bits(a[p*s + d, c]) *
+    bits(w[d, c, o])``: every multiplication the convolution performs, each input element with its own width.
+    Padded positions (``'same'``) hold zeros, which cost nothing. Divide by the number of output positions for
+    one multiplier array shared by all of them (a streamed implementation).
+
+    Parameters
+    ----------
+    input_bits : array of shape (height, width, channels)
+        Width ``k + i + f`` (clipped at 0) of the fixed-point format of each input element.
+    kernel : array of shape (kernel_height, kernel_width, channels, filters)
+        The quantized kernel values as the hardware holds them.
+    strides, padding
+        As in ``keras.layers.Conv2D``.
+
+    Examples
+    --------
+    >>> conv2d_ebops(np.full((4, 4, 1), 3), np.full((3, 3, 1, 2), 0.75))  # 2 x 2 positions, 9 taps, 2 filters
+    432.0
+    """
+    bits = np.maximum(np.asarray(input_bits, dtype=np.int64), 0).astype(np.float64)
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if bits.ndim != 3 or kernel.ndim != 4 or kernel.shape[2] != bits.shape[2]:
+        raise ValueError(f'kernel shape {kernel.shape} does not match input bits of shape {bits.shape} (H, W, C)')
+    if padding not in ('valid', 'same'):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    (kh, kw), (sh, sw) = kernel.shape[:2], strides
+    if padding == 'same':  # Keras: output ceil(size / stride), the odd padding element at the end
+        pads = []
+        for size, k, s in ((bits.shape[0], kh, sh), (bits.shape[1], kw, sw)):
+            total = max((-(-size // s) - 1) * s + k - size, 0)
+            pads.append((total // 2, total - total // 2))
+        bits = np.pad(bits, [*pads, (0, 0)])
+    out_h, out_w = (bits.shape[0] - kh) // sh + 1, (bits.shape[1] - kw) // sw + 1
+    if out_h <= 0 or out_w <= 0:
+        raise ValueError(f'kernel {kernel.shape[:2]} is larger than the input {bits.shape[:2]}')
+    weight_bits = effective_bits(kernel).sum(axis=3).astype(np.float64)  # (kh, kw, C): bits summed over filters
+    total = 0.0
+    for dy in range(kh):
+        for dx in range(kw):
+            window = bits[dy : dy + sh * (out_h - 1) + 1 : sh, dx : dx + sw * (out_w - 1) + 1 : sw]
+            total += float(window.sum(axis=(0, 1)) @ weight_bits[dy, dx])
+    return total
+
+
 def model_ebops(dump: dict[str, Any]) -> list[float]:
-    """Per-layer EBOPs of a dumped model (see :func:`save_dump`)."""
-    return [dense_ebops(b, k) for b, k in zip(dump['input_bits'], dump['kernels'], strict=True)]
+    """Per-layer EBOPs of a dumped model (see :func:`save_dump`).
+
+    A 2-D kernel is a dense layer, a 4-D one a 2D convolution with the strides and padding listed in the
+    metadata's ``conv`` (one entry per convolution, in order; stride 1, ``'valid'`` where absent).
+    """
+    convs = iter(dump['meta'].get('conv', []))
+    out = []
+    for bits, kernel in zip(dump['input_bits'], dump['kernels'], strict=True):
+        if np.ndim(kernel) == 4:
+            spec = next(convs, {})
+            out.append(conv2d_ebops(bits, kernel, tuple(spec.get('strides', (1, 1))), spec.get('padding', 'valid')))
+        else:
+            out.append(dense_ebops(bits, kernel))
+    return out
+
+
+def learning_rate(settings: dict[str, Any], n_train: int) -> Any:
+    """The optimizer's learning rate: a constant, or with ``lr_final`` a cosine decay from ``learning_rate`` to
+    ``lr_final * learning_rate`` over the whole run (Keras's ``CosineDecay``; imported here, so that this
+    module stays numpy-only for the data preparation)."""
+    if 'lr_final' not in settings:
+        return settings['learning_rate']
+    import keras
+
+    steps = settings['epochs'] * -(-n_train // settings['batch_size'])
+    return keras.optimizers.schedules.CosineDecay(settings['learning_rate'], steps, alpha=settings['lr_final'])
 
 
 def dump_path(dataset: str, stem: str) -> Path:
@@ -193,8 +283,15 @@ def sweep_parser(description: str) -> argparse.ArgumentParser:
 
 
 def sweep_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The shared training settings of ``args.dataset`` (with any ``--epochs`` override) and its data split."""
+    """The shared training settings of ``args.dataset`` (with any ``--epochs`` override) and its data split.
+
+    A benchmark with an ``image_shape`` (the CNN) reads the split of its ``data`` set and reshapes the images.
+    """
     settings = dict(SETTINGS[args.dataset])
     if args.epochs is not None:
         settings['epochs'] = args.epochs
-    return settings, load_split(args.dataset)
+    data = load_split(settings.get('data', args.dataset))
+    if 'image_shape' in settings:
+        for key in ('x_train', 'x_test'):
+            data[key] = data[key].reshape(-1, *settings['image_shape'])
+    return settings, data

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Train every tool on one data set and write benchmarks/results/<dataset>.{json,md,png}.
-# Usage: bash benchmarks/run_peers.sh [digits|fashion_mnist]
+# Usage: bash benchmarks/run_peers.sh [digits|fashion_mnist|fashion_mnist_cnn]
+# fashion_mnist_cnn: the CNN of configs/fashion_mnist_cnn.yaml for hgq and HGQ2 (no QKeras), EPOCHS overrides its
+# epochs for both.
 # Needs the hgq venv (HGQ_VENV, default: the repository's .venv) and the peers' venvs from setup_venvs.sh
 # (VENV_ROOT). REUSE_PEERS=1 retrains only hgq and takes the peers' runs from the existing results JSON (for when
 # their scripts did not change); with it, HGQ2_BETAS="..." trains HGQ2 at these extra betas and adds them to the
@@ -14,7 +16,11 @@ HGQ_VENV=${HGQ_VENV:-$HERE/../.venv}
 ROOT=${VENV_ROOT:-/work/bench_venvs}
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 
-if [ "$DATASET" = digits ]; then
+if [ "$DATASET" = fashion_mnist_cnn ]; then
+    BETAS=${BETAS:-"1e-9 3e-9 1e-8 3e-8 1e-7 3e-7 1e-6"}; RAMPS=${RAMPS-""}; SEEDS=${SEEDS:-"0"}
+    WARMUP_BETAS=${WARMUP_BETAS-""}
+    PREP="--fashion"
+elif [ "$DATASET" = digits ]; then
     BETAS=${BETAS:-"0 1e-7 3e-7 1e-6 3e-6 5e-6 1e-5 3e-5 5e-5 1e-4 2e-4 3e-4"}; RAMPS=${RAMPS-"1e-6:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
     WARMUP_BETAS=${WARMUP_BETAS-"5e-6 6e-6 7e-6 1e-5 2e-5 5e-5 1e-4"}
     PREP=""
@@ -27,7 +33,7 @@ fi
 rm -rf "$HERE/work/dumps/$DATASET"
 "$HGQ_VENV/bin/python" "$HERE/prepare_data.py" $PREP
 "$HGQ_VENV/bin/python" "$HERE/train_hgq.py" --dataset "$DATASET" --betas $BETAS --ramps $RAMPS --seeds $SEEDS \
-    --warmup-betas $WARMUP_BETAS ${SETTLE:+--settle $SETTLE} ${WARMUP:+--warmup $WARMUP}
+    --warmup-betas $WARMUP_BETAS ${SETTLE:+--settle $SETTLE} ${WARMUP:+--warmup $WARMUP} ${EPOCHS:+--epochs $EPOCHS}
 if [ "${REUSE_PEERS:-0}" = 1 ]; then
     if [ -n "${HGQ2_BETAS:-}" ]; then
         "$ROOT/hgq2/bin/python" "$HERE/train_hgq2.py" --dataset "$DATASET" --betas $HGQ2_BETAS --seeds $SEEDS
@@ -35,7 +41,11 @@ if [ "${REUSE_PEERS:-0}" = 1 ]; then
     "$HGQ_VENV/bin/python" "$HERE/compare.py" --dataset "$DATASET" --reuse-peers
     exit 0
 fi
-"$ROOT/hgq2/bin/python" "$HERE/train_hgq2.py" --dataset "$DATASET" --betas $BETAS --seeds $SEEDS
+"$ROOT/hgq2/bin/python" "$HERE/train_hgq2.py" --dataset "$DATASET" --betas $BETAS --seeds $SEEDS ${EPOCHS:+--epochs $EPOCHS}
+if [ "$DATASET" = fashion_mnist_cnn ]; then
+    "$HGQ_VENV/bin/python" "$HERE/compare.py" --dataset "$DATASET"
+    exit 0
+fi
 TF_USE_LEGACY_KERAS=1 "$ROOT/qkeras/bin/python" "$HERE/train_qkeras.py" --dataset "$DATASET" --bits $BITS \
     --seeds $SEEDS
 "$HGQ_VENV/bin/python" "$HERE/compare.py" --dataset "$DATASET"

@@ -4,8 +4,11 @@ Run in the hgq virtual environment (``/work/main/.venv``)::
 
     python benchmarks/train_hgq.py --dataset digits --betas 0 1e-6 3e-6 1e-5 3e-5 --ramps 1e-6:1e-3
 
-Model: ``HQuantize -> HDense(hidden, relu) -> HDense(10)``, every layer with the same ``beta``. Two ways to train,
-as users do:
+Model: ``HQuantize -> HDense(hidden, relu) -> HDense(10)``, every layer with the same ``beta``; for
+``--dataset fashion_mnist_cnn`` the CNN of ``configs/fashion_mnist_cnn.yaml``: ``HQuantize -> HConv2D(8, 3x3, relu)
+-> HMaxPooling2D(2) -> HConv2D(12, 3x3, relu) -> HMaxPooling2D(2) -> Flatten -> HDense(32, relu) -> HDense(10)``,
+every convolution with ``parallelization_factor=-1`` (every output position has its own multipliers, so its EBOPs
+count every multiplication, as the common counter and HGQ2's default do). Two ways to train, as users do:
 
 - constant ``beta`` (``--betas``): the final model is dumped;
 - a log ramp of ``beta`` (``--ramps START:END``, :class:`hgq.callbacks.BetaSchedule` from START at the first epoch
@@ -37,6 +40,7 @@ from bench_common import (
     BETAS,
     dump_path,
     equivalence_inputs,
+    learning_rate,
     save_dump,
     seed_everything,
     sweep_parser,
@@ -44,12 +48,13 @@ from bench_common import (
 )
 
 import hgq
-from hgq.layers import HDense, HQuantize
+from hgq.layers import HConv2D, HDense, HKernelLayer, HMaxPooling2D, HQuantize
 
-# Final epochs with frozen activation bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run.
-SETTLE_EPOCHS = {'digits': 12, 'fashion_mnist': 3}
-# First epochs of a constant-beta run over which beta rises from 0 (hgq.callbacks.BetaWarmup); 0: none.
-WARMUP_EPOCHS = {'digits': 10, 'fashion_mnist': 3}
+# Final epochs with frozen activation bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run
+# (None: a fifth of the epochs run).
+SETTLE_EPOCHS = {'digits': 12, 'fashion_mnist': 3, 'fashion_mnist_cnn': None}
+# First epochs of a constant-beta run over which beta rises from 0 (hgq.callbacks.BetaWarmup); None: a sixth.
+WARMUP_EPOCHS = {'digits': 10, 'fashion_mnist': 3, 'fashion_mnist_cnn': None}
 
 
 def build(n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
@@ -69,6 +74,34 @@ def build_float(n_in: int, hidden: int, n_out: int) -> keras.Model:
     )
 
 
+def build_cnn(settings: dict, n_out: int, beta: float | None) -> keras.Model:
+    """The CNN of ``configs/fashion_mnist_cnn.yaml``; ``beta=None``: its float32 Keras twin (the reference)."""
+    size, pool = settings['kernel_size'], settings['pool_size']
+    layers: list[keras.layers.Layer] = [] if beta is None else [HQuantize(beta=beta)]
+    for filters in settings['filters']:
+        if beta is None:
+            layers += [keras.layers.Conv2D(filters, size, activation='relu'), keras.layers.MaxPooling2D(pool)]
+        else:
+            conv = HConv2D(filters, size, activation='relu', parallelization_factor=-1, beta=beta)
+            layers += [conv, HMaxPooling2D(pool, beta=beta)]
+    layers.append(keras.layers.Flatten())
+    if beta is None:
+        layers += [keras.layers.Dense(settings['hidden'], activation='relu'), keras.layers.Dense(n_out)]
+    else:
+        layers += [HDense(settings['hidden'], activation='relu', beta=beta), HDense(n_out, beta=beta)]
+    return keras.Sequential([keras.Input(settings['image_shape']), *layers])
+
+
+def make_model(settings: dict, data: dict[str, np.ndarray], beta: float | None) -> keras.Model:
+    """The benchmark's H-model with ``beta`` on every layer, or (``beta=None``) the float32 reference."""
+    n_classes = int(data['y_train'].max()) + 1
+    if settings.get('model') == 'cnn':
+        return build_cnn(settings, n_classes, beta)
+    if beta is None:
+        return build_float(data['x_train'].shape[1], settings['hidden'], n_classes)
+    return build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
+
+
 def fit(
     model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbacks: list | None = None, validate=False
 ) -> float:
@@ -78,7 +111,7 @@ def fit(
     the Pareto front is chosen on (the running training accuracy of an epoch is not that of its final model).
     """
     model.compile(
-        keras.optimizers.Adam(settings['learning_rate']),
+        keras.optimizers.Adam(learning_rate(settings, len(data['x_train']))),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=['accuracy'],
     )
@@ -121,13 +154,46 @@ def full_formats(model: keras.Model, x_test: np.ndarray) -> tuple[dict, dict[str
     return formats, arrays
 
 
+def cnn_formats(model: keras.Model, x_test: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
+    """Per-element ``(k, i, f)`` of every activation quantizer (``kif_<layer name>``, shape ``(3, *element
+    shape)``), the quantized biases, and the model's own outputs on ``equivalence_inputs(x_test)``."""
+    arrays: dict[str, np.ndarray] = {}
+    quantizers = {}
+    for layer in model.layers:
+        if hasattr(layer, 'input_quantizer'):
+            q = layer.input_quantizer
+            arrays[f'kif_{layer.name}'] = np.stack(q.kif()).astype(np.int64)
+            quantizers[layer.name] = {'round_mode': q.round_mode, 'overflow_mode': q.overflow_mode}
+        if isinstance(layer, HKernelLayer) and layer.use_bias:
+            arrays[f'bias_{layer.name}'] = keras.ops.convert_to_numpy(layer.qbias).astype(np.float64)
+    arrays['equivalence_logits'] = model.predict(equivalence_inputs(x_test), batch_size=4096, verbose=0)
+    formats = {'layers': [layer.name for layer in model.layers], 'quantizers': quantizers}
+    return formats, arrays
+
+
 def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, dataset: str, meta: dict) -> dict:
-    """Calibrate ``model`` on the training set, measure it and dump it; returns the metadata written."""
+    """Calibrate ``model`` on the training set, measure it and dump it; returns the metadata written.
+
+    The MLP dumps the kernel and input widths of each ``HDense``; the CNN those of each ``HConv2D`` and ``HDense``
+    in order (input widths per element, shape ``(height, width, channels)`` for a convolution), with the strides
+    and padding of each convolution in ``meta['conv']``.
+    """
     hgq.calibrate(model, data['x_train'])
-    dense = [layer for layer in model.layers if isinstance(layer, HDense)]
+    cnn = any(isinstance(layer, HConv2D) for layer in model.layers)
+    kinds = (HConv2D, HDense) if cnn else (HDense,)
+    dense = [layer for layer in model.layers if isinstance(layer, kinds)]
     kernels = [keras.ops.convert_to_numpy(layer.qkernel) for layer in dense]
     input_bits = [layer.input_bits_exact() for layer in dense]
     quantize = [layer for layer in model.layers if isinstance(layer, HQuantize)]
+    if cnn:
+        meta = {
+            **meta,
+            'conv': [
+                {'strides': list(layer.strides), 'padding': layer.padding, 'parallelization_factor': -1}
+                for layer in dense
+                if isinstance(layer, HConv2D)
+            ],
+        }
     meta = {
         'tool': 'hgq (ours)',
         **meta,
@@ -136,7 +202,7 @@ def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, datas
         'input_width': int(quantize[0].input_bits_exact().sum()) if quantize else None,
         'versions': {'hgq': hgq.__version__, 'keras': keras.__version__},
     }
-    meta['formats'], extra = full_formats(model, data['x_test'])
+    meta['formats'], extra = (cnn_formats if cnn else full_formats)(model, data['x_test'])
     save_dump(dump_path(dataset, stem), meta, kernels, input_bits, extra)
     return meta
 
@@ -155,8 +221,7 @@ def run_hgq(
     warmup: int = 0,
 ) -> None:
     seed_everything(seed)
-    n_classes = int(data['y_train'].max()) + 1
-    model = build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
+    model = make_model(settings, data, beta)
     callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup else []
     train_s = fit(model, data, settings, callbacks=callbacks + settle_callbacks(settle))
     meta = {
@@ -185,8 +250,7 @@ def run_ramp(
     """Log ramp of beta with a Pareto front of checkpoints (training accuracy vs EBOPs); dump every checkpoint."""
     seed_everything(seed)
     start, end = ramp
-    n_classes = int(data['y_train'].max()) + 1
-    model = build(data['x_train'].shape[1], settings['hidden'], n_classes, start)
+    model = make_model(settings, data, start)
     schedule = hgq.callbacks.BetaSchedule([(0, start), (settings['epochs'] - 1, end)], interpolation='log')
     config = f'ramp {start:g}->{end:g}'
     with tempfile.TemporaryDirectory() as directory:
@@ -227,10 +291,9 @@ def parse_ramp(text: str) -> tuple[float, float]:
 
 def run_float(dataset: str, seed: int, data: dict[str, np.ndarray], settings: dict) -> None:
     seed_everything(seed)
-    n_classes = int(data['y_train'].max()) + 1
-    model = build_float(data['x_train'].shape[1], settings['hidden'], n_classes)
+    model = make_model(settings, data, None)
     train_s = fit(model, data, settings)
-    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers]
+    kernels = [keras.ops.convert_to_numpy(layer.kernel) for layer in model.layers if hasattr(layer, 'kernel')]
     meta = {
         'tool': 'float32 Keras',
         'config': 'reference',
@@ -258,9 +321,11 @@ def main() -> None:
     args = parser.parse_args()
     settings, data = sweep_settings(args)
     settle = SETTLE_EPOCHS[args.dataset] if args.settle is None else args.settle
+    settle = settings['epochs'] // 5 if settle is None else settle
     if not 0 <= settle < settings['epochs']:
         raise SystemExit(f'--settle: need 0 <= SETTLE < epochs ({settings["epochs"]}), got {settle}')
     warmup = WARMUP_EPOCHS[args.dataset] if args.warmup is None else args.warmup
+    warmup = max(settings['epochs'] // 6, 1) if warmup is None else warmup
     if not 0 < warmup < settings['epochs'] - settle:
         raise SystemExit(f'--warmup: need 0 < WARMUP < epochs - settle ({settings["epochs"] - settle}), got {warmup}')
     for seed in args.seeds:

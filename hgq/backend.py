@@ -47,7 +47,11 @@ from typing import Any
 
 import keras
 
-__all__ = ['exact_float32', 'float64_scope', 'max_over_replicas', 'data_parallel']
+__all__ = ['exact_float32', 'float64_scope', 'max_over_replicas', 'data_parallel', 'check_data_parallel']
+__all__ += ['DATA_PARALLEL_BACKENDS']
+
+#: The Keras backends that :func:`data_parallel` distributes over (Keras has no data-parallel distribution for PyTorch).
+DATA_PARALLEL_BACKENDS = ('tensorflow', 'jax')
 
 
 @contextlib.contextmanager
@@ -154,7 +158,7 @@ def data_parallel() -> Iterator[int]:
     Raises
     ------
     ValueError
-        Under the PyTorch backend, for which Keras has no data-parallel distribution.
+        Under the PyTorch backend, for which Keras has no data-parallel distribution (:func:`check_data_parallel`).
 
     Examples
     --------
@@ -164,20 +168,33 @@ def data_parallel() -> Iterator[int]:
     ...     model.compile('adam', 'mse')
     ...     model.fit(x, y, batch_size=64 * replicas)
     """
-    backend = keras.backend.backend()
-    if backend == 'tensorflow':
+    check_data_parallel()
+    if keras.backend.backend() == 'tensorflow':
         import tensorflow as tf
 
         devices = tf.config.list_logical_devices('GPU') or tf.config.list_logical_devices('CPU')
         strategy = tf.distribute.MirroredStrategy([device.name for device in devices])
         with strategy.scope():
             yield strategy.num_replicas_in_sync
-    elif backend == 'jax':
+    else:
         devices = keras.distribution.list_devices()
         with keras.distribution.DataParallel(devices=devices).scope():
             yield len(devices)
-    else:
+
+
+def check_data_parallel() -> None:
+    """Raise ``ValueError`` unless this process's Keras backend can train data-parallel (:func:`data_parallel`).
+
+    The one check behind :func:`data_parallel` and ``training.distribution: data_parallel`` of a run
+    configuration, which refuses the configuration before anything is built.
+
+    Examples
+    --------
+    >>> check_data_parallel()  # under PyTorch: ValueError  # doctest: +SKIP
+    """
+    backend = keras.backend.backend()
+    if backend not in DATA_PARALLEL_BACKENDS:
         raise ValueError(
-            f'data-parallel training needs the tensorflow or jax Keras backend (KERAS_BACKEND); this process runs '
-            f'{backend}, for which Keras has no data-parallel distribution'
+            f'data-parallel training needs the {" or ".join(DATA_PARALLEL_BACKENDS)} Keras backend (KERAS_BACKEND); '
+            f'this process runs {backend}, for which Keras has no data-parallel distribution'
         )

@@ -28,6 +28,7 @@ from typing import Any
 
 import keras
 
+from hgq.backend import check_data_parallel
 from hgq.callbacks import INTERPOLATIONS, BetaSchedule, BetaTarget
 from hgq.conversion import BACKENDS, IO_TYPES, PART_PATTERN, STRATEGIES, ConversionSettings
 from hgq.datasets import DATASETS
@@ -287,11 +288,11 @@ def _parse_training(data: Any) -> TrainingConfig:
         distribution=s.get('distribution', 'none', str, DISTRIBUTIONS),
     )
     s.done()
-    if config.distribution == 'data_parallel' and keras.backend.backend() not in ('tensorflow', 'jax'):
-        raise ConfigError(
-            f'training.distribution: data_parallel needs the tensorflow or jax Keras backend (KERAS_BACKEND), '
-            f'this process runs {keras.backend.backend()}'
-        )
+    if config.distribution == 'data_parallel':
+        try:
+            check_data_parallel()
+        except ValueError as err:
+            raise ConfigError(f'training.distribution: {err}') from None
     return config
 
 

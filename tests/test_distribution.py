@@ -77,3 +77,30 @@ def test_distribution_key_of_a_run_configuration():
     assert config.to_dict()['training']['distribution'] == 'data_parallel'
     with pytest.raises(ConfigError, match=r"training.distribution: expected one of \['none', 'data_parallel'\]"):
         parse_config({**base, 'training': {'distribution': 'mirrored'}})
+
+
+def test_pytorch_is_refused_alike_by_the_configuration_and_the_scope():
+    """One check (``hgq.backend.check_data_parallel``) behind ``training.distribution`` and ``data_parallel``."""
+    script = """
+import hgq.backend
+from hgq.config import ConfigError, parse_config
+base = {'name': 'x', 'dataset': 'digits', 'model': {'layers': [{'type': 'HDense', 'units': 2}]}}
+assert parse_config(base).training.distribution == 'none'
+try:
+    parse_config({**base, 'training': {'distribution': 'data_parallel'}})
+except ConfigError as err:
+    print(err)
+try:
+    with hgq.backend.data_parallel():
+        pass
+except ValueError as err:
+    print(err)
+"""
+    env = {**os.environ, 'KERAS_BACKEND': 'torch', 'CUDA_VISIBLE_DEVICES': ''}
+    done = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    reason = (
+        'data-parallel training needs the tensorflow or jax Keras backend (KERAS_BACKEND); this process runs torch, '
+        'for which Keras has no data-parallel distribution'
+    )
+    assert done.stdout.splitlines() == [f'training.distribution: {reason}', reason]

@@ -2,6 +2,12 @@
 
 Every callback here puts the model's exact EBOPs (:func:`hgq.ebops`) into the epoch logs as ``ebops``, computed
 once per epoch whichever callbacks run, so the progress bar, ``History`` and other callbacks see it.
+
+:class:`BetaSchedule` and :class:`BetaTarget` own ``beta``: they set it at the start of training or of each epoch
+and leave it at its last value, however ``fit`` ends. :class:`BetaWarmup` and :class:`SettleBits` change the model
+only while it trains and undo that when training ends. Keras skips ``on_train_end`` when ``fit`` raises, so each
+of them undoes what an interrupted ``fit`` left first thing in its next ``fit``; to give the model back at once,
+call its ``restore()`` (e.g. in a ``finally``).
 """
 
 from __future__ import annotations
@@ -318,6 +324,10 @@ class BetaWarmup(keras.callbacks.Callback):
     training begins (so layers with different ``beta`` keep their ratios) and set back when it ends. Nothing is
     done per step: ``beta`` is a variable of each layer, assigned once per epoch.
 
+    If ``fit`` raises, Keras does not end the training, and the layers keep their scaled-down ``beta``: the next
+    ``fit`` with this callback sets them back before it reads them, and :meth:`restore` does so at once. A layer
+    whose ``beta`` was set anew in between (e.g. :func:`set_beta`) keeps the new value.
+
     For models trained with a constant ``beta``; :class:`BetaSchedule` and :class:`BetaTarget` set ``beta``
     themselves (start their schedule low instead), so do not combine them with this callback.
 
@@ -343,19 +353,41 @@ class BetaWarmup(keras.callbacks.Callback):
             raise ValueError(f'BetaWarmup: epochs must be an int >= 1, got {epochs!r}')
         self.epochs = epochs
         self.current = 1.0
-        self._targets: list[tuple[Any, float]] = []
+        # per layer of the training under way: its full beta and the beta this callback left it with
+        self._targets: list[tuple[Any, float, float]] = []
 
     def scale(self, epoch: int) -> float:
         """The fraction of each layer's ``beta`` used in ``epoch`` (from 0)."""
         return min(1.0, max(0.0, epoch / self.epochs))
 
+    def restore(self) -> None:
+        """Set every layer's ``beta`` back to its full value, unless it was set anew since this callback set it.
+
+        Training ends with it; after a ``fit`` that raised, call it to give the model back at once.
+
+        Examples
+        --------
+        >>> import hgq
+        >>> warmup = hgq.callbacks.BetaWarmup(10)
+        >>> try:  # doctest: +SKIP
+        ...     model.fit(x, y, epochs=60, callbacks=[warmup])
+        ... finally:
+        ...     warmup.restore()
+        """
+        for layer, beta, left in self._targets:
+            if _value(layer.beta) == left:
+                layer.beta.assign(beta)
+        self._targets = []
+
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._targets = [(layer, float(keras.ops.convert_to_numpy(layer.beta))) for layer in h_layers(self.model)]
+        self.restore()  # what an interrupted fit left (Keras ends no training that raised)
+        self._targets = [(layer, _value(layer.beta), _value(layer.beta)) for layer in h_layers(self.model)]
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.current = self.scale(epoch)
-        for layer, beta in self._targets:
+        for n, (layer, beta, _) in enumerate(self._targets):
             layer.beta.assign(beta * self.current)
+            self._targets[n] = (layer, beta, _value(layer.beta))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if logs is not None:
@@ -363,8 +395,11 @@ class BetaWarmup(keras.callbacks.Callback):
         log_ebops(self.model, logs)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        for layer, beta in self._targets:
-            layer.beta.assign(beta)
+        self.restore()
+
+
+def _value(variable: Any) -> float:
+    return float(keras.ops.convert_to_numpy(variable))
 
 
 class SettleBits(keras.callbacks.Callback):
@@ -376,7 +411,8 @@ class SettleBits(keras.callbacks.Callback):
     bitwidths (see :meth:`hgq.quantizer.ActivationQuantizer.set_bits_pace`) for the final epochs lets the
     weights catch up. Weight bitwidths keep learning by default: frozen, they would let weights that round to
     zero grow back without ``beta`` pushing them down again (EBOPs creep up, measured on digits); ``weights=True``
-    freezes them too. The configured pace is restored when training ends.
+    freezes them too. The configured pace is restored when training ends; after a ``fit`` that raised (Keras then
+    ends no training), by the next ``fit`` with this callback, or at once by :meth:`restore`.
 
     Parameters
     ----------
@@ -401,34 +437,54 @@ class SettleBits(keras.callbacks.Callback):
         self.epochs = epochs
         self.weights = bool(weights)
         self._factor: float | None = None
+        self._frozen: keras.Model | None = None  # the model whose bits this callback holds
 
-    def _set_pace(self, factor: float) -> None:
-        if factor == self._factor:
-            return
-        for layer in h_layers(self.model):
+    def _set_pace(self, model: keras.Model, factor: float) -> None:
+        for layer in h_layers(model):
             quantizers = layer.quantizers if self.weights else layer.activation_quantizers
             for quantizer in quantizers:
                 quantizer.set_bits_pace(factor)
-        self._factor = factor
+        self._frozen = model if factor != 1.0 else None
         if keras.backend.backend() == 'jax':
             # JAX compiles the pace into the training step (hgq.quantizer.ScaledStep): compile the next step anew.
             # TensorFlow and PyTorch read the pace variable in every step.
-            self.model.make_train_function(force=True)
+            model.make_train_function(force=True)
+
+    def restore(self) -> None:
+        """Give the quantizers this callback froze their configured pace back.
+
+        Training ends with it; after a ``fit`` that raised, call it to give the model back at once.
+
+        Examples
+        --------
+        >>> import hgq
+        >>> settle = hgq.callbacks.SettleBits(10)
+        >>> try:  # doctest: +SKIP
+        ...     model.fit(x, y, epochs=60, callbacks=[settle])
+        ... finally:
+        ...     settle.restore()
+        """
+        if self._frozen is not None:
+            self._set_pace(self._frozen, 1.0)
+        self._factor = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self._factor = None
+        self.restore()  # what an interrupted fit left (Keras ends no training that raised)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         total = (self.params or {}).get('epochs')
         if total is None:
             raise ValueError('SettleBits: the number of epochs of this fit is unknown (it needs model.fit(epochs=...))')
-        self._set_pace(0.0 if epoch >= total - self.epochs else 1.0)
+        factor = 0.0 if epoch >= total - self.epochs else 1.0
+        if factor != self._factor:
+            self._set_pace(self.model, factor)
+            self._factor = factor
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         log_ebops(self.model, logs)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        self._set_pace(1.0)
+        self.restore()
 
 
 @dataclass(frozen=True)

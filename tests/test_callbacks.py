@@ -11,8 +11,10 @@ import hgq
 from hgq.callbacks import (
     BetaSchedule,
     BetaTarget,
+    BetaWarmup,
     EBOPsLogger,
     ParetoFront,
+    SettleBits,
     beta_update,
     log_ebops,
     read_front,
@@ -144,6 +146,87 @@ def test_beta_target_moves_beta_towards_the_target(digits):
 def test_beta_target_rejects_bad_settings(kwargs, bad):
     with pytest.raises(ValueError, match=f'BetaTarget: invalid {bad}'):
         BetaTarget(**kwargs)
+
+
+# -- a fit that raises: Keras skips on_train_end ---------------------------------------------------------------------
+
+
+class _RaiseIn(keras.callbacks.Callback):
+    """Raises after the first training step of ``epoch``, as an error or an interrupt in the middle of ``fit`` would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch, self.current = epoch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch:
+            raise RuntimeError(f'stopped in epoch {self.epoch}')
+
+
+class _BetaPerEpoch(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(_betas(self.model))
+
+
+def _betas(model):
+    return [float(keras.ops.convert_to_numpy(layer.beta)) for layer in h_layers(model)]
+
+
+def _activation_bits(model):
+    return [keras.ops.convert_to_numpy(q.f).copy() for layer in h_layers(model) for q in layer.activation_quantizers]
+
+
+@pytest.mark.backends
+def test_beta_warmup_after_a_fit_that_raised_sets_beta_back(digits):
+    model = _model()
+    targets = np.array([2e-5, 1e-5, 4e-5], 'float32')
+    for layer, beta in zip(h_layers(model), targets, strict=True):
+        layer.beta.assign(beta)
+    warmup = BetaWarmup(4)
+    with pytest.raises(RuntimeError, match='stopped in epoch 2'):
+        _fit(model, digits, [warmup, _RaiseIn(2)], epochs=6)
+    np.testing.assert_allclose(_betas(model), 0.5 * targets, rtol=1e-6)  # left scaled: Keras ended no training
+    seen = _BetaPerEpoch()
+    _fit(model, digits, [warmup, seen], epochs=2)  # the next fit warms up from the full values, not the scaled ones
+    np.testing.assert_allclose(seen.epochs, [0 * targets, 0.25 * targets], rtol=1e-6)
+    np.testing.assert_allclose(_betas(model), targets, rtol=1e-6)
+
+    with pytest.raises(RuntimeError, match='stopped in epoch 1'):
+        _fit(model, digits, [warmup, _RaiseIn(1)], epochs=6)
+    first = next(iter(h_layers(model)))
+    first.beta.assign(3e-5)  # set anew after the failure: the user's value stays
+    warmup.restore()
+    np.testing.assert_allclose(_betas(model), [3e-5, *targets[1:]], rtol=1e-6)
+
+
+@pytest.mark.backends
+def test_settle_bits_after_a_fit_that_raised_gives_the_pace_back(digits):
+    model = _model()
+    set_beta(model, 3e-4)
+    settle = SettleBits(2)
+    with pytest.raises(RuntimeError, match='stopped in epoch 3'):
+        _fit(model, digits, [settle, _RaiseIn(3)], epochs=4)  # bits frozen from epoch 2 on
+    before = _activation_bits(model)
+    _fit(model, digits, [], epochs=1)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _activation_bits(model), strict=True))  # still frozen
+    settle.restore()
+    _fit(model, digits, [], epochs=1)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, _activation_bits(model), strict=True))
+
+    with pytest.raises(RuntimeError, match='stopped in epoch 3'):
+        _fit(model, digits, [settle, _RaiseIn(3)], epochs=4)
+    other = _model(seed=1)
+    _fit(other, digits, [settle], epochs=1)  # the next fit of the callback, on another model, unfreezes the first
+    before = _activation_bits(model)
+    _fit(model, digits, [], epochs=1)
+    assert all(not np.array_equal(a, b) for a, b in zip(before, _activation_bits(model), strict=True))
 
 
 class _Front:

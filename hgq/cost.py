@@ -98,25 +98,50 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def _graph(model: keras.Model) -> list[tuple[keras.layers.Layer, list[Any], Any]] | None:
+# (layer, input tensors, output tensor) per layer, in call order
+_Graph = list[tuple[keras.layers.Layer, list[Any], Any]]
+
+
+def _graph(model: keras.Model) -> _Graph | None:
     """``(layer, input tensors, output tensor)`` in call order, for a model whose layers are each called once.
 
-    A Sequential model is a chain; a functional model may branch and merge. None for other models (subclassed,
-    nested models, shared layers, several inputs or outputs).
+    Sequential and functional models alike (a built Sequential model has symbolic inputs and outputs too); a
+    functional model may branch and merge. None for other models (subclassed, nested models, shared layers,
+    several inputs or outputs).
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if not layers or any(isinstance(layer, keras.Model) for layer in layers):
         return None
-    if isinstance(model, keras.Sequential):
-        return [(layer, [None], None) for layer in layers]
     try:
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             return None
-        if any(len(getattr(layer, '_inbound_nodes', [])) != 1 for layer in layers):
-            return None
-        return [(layer, _as_list(layer.input), layer.output) for layer in layers]
+        graph = [(layer, _as_list(layer.input), layer.output) for layer in layers]
     except (AttributeError, ValueError):  # a subclassed model: no symbolic graph
         return None
+    return graph if _is_model_graph(graph, model.inputs[0], model.outputs[0]) else None
+
+
+def _is_model_graph(graph: _Graph, model_input: Any, model_output: Any) -> bool:
+    """Whether the layers' first calls (what ``layer.input`` and ``layer.output`` show) are the model's whole graph.
+
+    Traced back from the model output, every tensor must be the model input or the output of a layer's first call,
+    and every layer must be met. A layer called twice in the model (shared), or first called in another model,
+    fails: the model holds a tensor that no first call made. (Keras has no public count of a layer's calls.)
+    """
+    made_by = {id(output): n for n, (_, _, output) in enumerate(graph)}
+    met: set[int] = set()
+    pending = [model_output]
+    while pending:
+        tensor = pending.pop()
+        if tensor is model_input:
+            continue
+        n = made_by.get(id(tensor))
+        if n is None:
+            return False
+        if n not in met:
+            met.add(n)
+            pending.extend(graph[n][1])
+    return len(met) == len(graph)
 
 
 def _per_sample(tensor: Any) -> tuple[int, ...]:
@@ -203,24 +228,15 @@ def _live_masks(model: keras.Model, exact: bool) -> dict[int, tuple[Any, list[An
     graph = _graph(model)
     if graph is None:
         return {}
-    sequential = isinstance(model, keras.Sequential)
     masks: dict[int, tuple[Any, list[Any]]] = {}
-
-    def output_key(n: int) -> int:  # a Sequential layer's output is keyed by the layer that reads it
-        if sequential:
-            return id(graph[n + 1][0]) if n + 1 < len(graph) else -1
-        return id(graph[n][2])
-
-    # key of a tensor -> its live elements, from the layers that read it (the model output: all)
-    model_output = -1 if sequential else id(model.outputs[0])
-    live_of: dict[int, Any] = {model_output: ops.ones(_per_sample(model.outputs[0]))}
-    for n in range(len(graph) - 1, -1, -1):
-        layer, inputs, _ = graph[n]
-        live = live_of.get(output_key(n), ops.zeros(_per_sample(layer.output)))  # read by no layer: drives nothing
+    # id of a tensor -> its live elements, from the layers that read it (the model output: all)
+    live_of: dict[int, Any] = {id(model.outputs[0]): ops.ones(_per_sample(model.outputs[0]))}
+    for layer, inputs, output in reversed(graph):
+        live = live_of.get(id(output), ops.zeros(_per_sample(output)))  # read by no layer: drives nothing
         bits_w = _kernel_bits(layer, exact) if isinstance(layer, HKernelLayer) else None
         used = _used_inputs(layer, live, bits_w)
         if used is None:
-            used_upstream = [ops.ones(_per_sample(t) if not sequential else _per_sample(layer.input)) for t in inputs]
+            used_upstream = [ops.ones(_per_sample(t)) for t in inputs]
         else:
             masks[id(layer)] = (live, used)
             quantizers = layer.activation_quantizers if isinstance(layer, HLayer) else []
@@ -230,7 +246,7 @@ def _live_masks(model: keras.Model, exact: bool) -> dict[int, tuple[Any, list[An
                     u * _nonzero(_input_bits(layer, q, exact)) for u, q in zip(used, quantizers, strict=True)
                 ]
         for tensor, u in zip(inputs, used_upstream, strict=True):
-            key = id(layer) if sequential else id(tensor)
+            key = id(tensor)
             live_of[key] = ops.maximum(live_of[key], u) if key in live_of else u
     return masks
 

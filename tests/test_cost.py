@@ -125,6 +125,26 @@ def test_dead_logic_is_followed_through_merges_and_branches() -> None:
     assert cost_terms(model)['ebops'] < hgq.ebops(model)  # everything counted as live would be more
 
 
+def test_shared_layers_and_layers_first_called_elsewhere_leave_every_element_live() -> None:
+    """Only a model whose layers are each called once, and first in it, is followed; others count all as live."""
+    shared = HDense(4, name='shared')
+    twice_in_a_chain = keras.Sequential([keras.Input((4,)), HQuantize(), shared, shared])
+    assert live_masks(twice_in_a_chain) == {}
+    inp = keras.Input((4,))
+    reused = HDense(4, name='reused')
+    twice_in_a_graph = keras.Model(inp, HDense(1)(reused(reused(HQuantize()(inp)))))
+    assert live_masks(twice_in_a_graph) == {}
+    hidden = HDense(4, name='hidden')
+    first = keras.Sequential([keras.Input((4,)), HQuantize(name='q_first'), hidden, HDense(1, name='out_first')])
+    inp = keras.Input((4,))
+    second = keras.Model(inp, HDense(1)(hidden(HQuantize()(inp))))
+    assert sorted(live_masks(first)) == ['hidden', 'out_first', 'q_first']  # its own first calls: followed
+    assert live_masks(second) == {}  # `hidden` shows its call in `first`, not this one
+    built_by_a_call = keras.Sequential([HQuantize(name='q'), HDense(3, name='a'), HDense(2, name='b')])
+    built_by_a_call(np.zeros((2, 5), dtype='float32'))
+    assert sorted(live_masks(built_by_a_call)) == ['a', 'b', 'q']
+
+
 def test_differentiable_cost_equals_the_estimate_after_calibration_and_trains_a_cnn() -> None:
     model = _conv_pool_model()
     for coefficients in (None, dict.fromkeys(COST_TERMS, 1.0)):

@@ -100,6 +100,8 @@ def test_synth_writes_rtl_checks_it_and_counts_luts(mlp_result) -> None:
     assert result['lut'] > 20 and result['carry'] > 0 and result['dsp'] == 0 and result['ff'] == 0
     assert result['depth'] > 0 and result['estimate_lut'] > 0
     assert result['ebops'] == pytest.approx(hgq.ebops(model))
+    assert result['part_family'] == 'xcup' and 'synth_xilinx' in result['synthesizer']
+    assert result['seconds'] >= sum(result['step_seconds'].values()) > 0
     assert (out / 'rtl' / 'src' / 'hgq_model_wrapper.v').is_file()
     # yosys and da4ml agree on the order of magnitude (the tracer's estimate is not the measurement)
     assert 0.5 < result['lut'] / result['estimate_lut'] < 2

@@ -181,10 +181,13 @@ def synth(
     work = partial_path(out_dir / RTL_DIR)
     shutil.rmtree(work, ignore_errors=True)  # left by a run that was killed
     try:
-        result = _run_steps(model, work, top, x_check, part_family if run_yosys else None, say)
-        result['synthesizer'] = f'{version} synth_xilinx -flatten -noiopad' if run_yosys else None
-        result['part_family'] = part_family
-        result['seconds'] = round(time.perf_counter() - start, 2)
+        measured = _run_steps(model, work, top, x_check, part_family if run_yosys else None, say)
+        result = {
+            **measured,
+            'part_family': part_family,
+            'synthesizer': f'{version} synth_xilinx -flatten -noiopad' if run_yosys else None,
+            'seconds': round(time.perf_counter() - start, 2),
+        }
         _publish(work, out_dir, result)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
@@ -202,7 +205,11 @@ def _run_steps(
     part_family: str | None,
     say: Callable[[str], Any],
 ) -> dict[str, Any]:
-    """Trace, write, simulate and synthesize (``part_family=None``: no yosys) into ``rtl_dir``; the result."""
+    """Trace, write, simulate and synthesize (``part_family=None``: no yosys) into ``rtl_dir``.
+
+    Returns what the steps measured: every field of ``synth.json`` but ``part_family``, ``synthesizer`` and
+    ``seconds``, which :func:`synth` adds.
+    """
     steps: dict[str, float] = {}
 
     def step(name: str, fn: Callable[[], Any]) -> Any:
@@ -251,11 +258,8 @@ def _run_steps(
         'ebops': float(model_ebops(model)),
         'mismatches': mismatches,
         'n_checked': n_checked,
-        'seconds': None,
         'step_seconds': steps,
         'yosys_cpu_seconds': counts.get('cpu_seconds'),
-        'part_family': part_family,
-        'synthesizer': None,
         'top': f'{top}_wrapper',
         'rtl_dir': RTL_DIR,
         'n_inputs': int(traced.comb.shape[0]),

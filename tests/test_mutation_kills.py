@@ -4,6 +4,7 @@ Each test names the rule it pins; together they kill the mutants that survived t
 """
 
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -306,8 +307,10 @@ def test_calibration_observes_in_inference_mode_and_keeps_the_pruned_elements():
 # -- hgq.quantizer: pruned elements, tracked sign and integer bits, initial weight bits -----------------------------
 
 
-def _trained_once(x, f_init):
+def _trained_twice(x, f_init):
+    """Two training steps on ``x``: the first starts the tracked range, the second is pruned on it."""
     q = ActivationQuantizer(f_init=f_init)
+    q(np.asarray(x, np.float32), training=True)
     out = q(np.asarray(x, np.float32), training=True)
     return q, out.numpy()
 
@@ -315,15 +318,15 @@ def _trained_once(x, f_init):
 def test_an_element_below_one_step_is_exactly_zero_in_training_and_one_step_is_kept():
     """Peak ``0.2`` at ``f = 2`` (``0.2 * 4 < 1``): pruned, 0 although 0.2 rounds to 0.25; a peak of exactly one step
     (``0.25``) is kept; ``0.6`` at ``f = 3`` rounds to ``5/8``."""
-    _, out = _trained_once([[0.2, 0.25, 1.1]], 2.0)
+    _, out = _trained_twice([[0.2, 0.25, 1.1]], 2.0)
     assert out.tolist() == [[0.0, 0.25, 1.0]]
-    _, out = _trained_once([[0.6, 0.3]], 3.0)
+    _, out = _trained_twice([[0.6, 0.3]], 3.0)
     assert out.tolist() == [[0.625, 0.25]]
 
 
 def test_a_pruned_element_has_width_zero_and_outputs_zero_for_any_value():
     """Pruned: ``k = 0, i = -f`` (width 0, no bits), and 0 at inference even for values far outside its range."""
-    q, _ = _trained_once([[0.001, 3.0]], 6.0)
+    q, _ = _trained_twice([[0.001, 3.0]], 6.0)
     k, i, f = q.kif()
     assert k.tolist() == [0, 0] and i.tolist() == [-6, 2] and f.tolist() == [6, 6]  # 3.0 alone: unsigned, 2 bits
     assert q.bits().numpy().tolist() == [0.0, 8.0]
@@ -586,6 +589,19 @@ def test_bitwidths_move_bits_lr_scale_times_the_optimizer_step():
     assert np.all(f_change(4.0, pace=0.0) == 0)
     with pytest.raises(ValueError, match='the bit pace factor must be a finite number >= 0'):
         ActivationQuantizer().set_bits_pace(-1.0)
+
+
+def test_a_bit_pace_that_is_applied_warns_of_nothing():
+    """Under TensorFlow the bit pace is applied, so neither a pace other than 1 (``bits_lr_scale=4``, building the
+    bitwidth variables) nor ``set_bits_pace(0)`` warns that it is ignored."""
+    if keras.backend.backend() != 'tensorflow':
+        pytest.skip('the rule is pinned under TensorFlow')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for q in (ActivationQuantizer(bits_lr_scale=4.0), WeightQuantizer(bits_lr_scale=4.0)):
+            q.build((None, 3) if isinstance(q, ActivationQuantizer) else (3, 2))
+            q.set_bits_pace(0.0)
+            q.set_bits_pace(0.5)
 
 
 def test_the_bits_decay_loss_pulls_every_positive_learned_bitwidth():

@@ -156,6 +156,19 @@ def test_pruned_element_passes_no_gradient_to_x_but_f_can_grow_back():
     assert float(tape.gradient(loss, step_variable(q, q.f)).numpy()[0]) != 0.0
 
 
+def test_training_prunes_on_the_range_before_the_batch_as_inference_does():
+    """A rare large value does not revive an element that the current range prunes: training computes what the
+    inference model of the same state computes (a batch decided on its own range would give 2.0 here)."""
+    q = ActivationQuantizer(f_init=0.0)
+    q.build((None, 2))
+    q(np.array([[0.3, 5.0]], 'float32'), training=True)  # range of element 0 below one step of 1: pruned
+    spike = np.array([[1.5, 5.0]], 'float32')
+    inference = q(spike, training=False).numpy()
+    training = q(spike, training=True).numpy()
+    assert np.array_equal(training, inference) and training.tolist() == [[0.0, 5.0]]
+    assert q(spike, training=True).numpy().tolist() == [[2.0, 5.0]]  # the widened range keeps it from now on
+
+
 def test_wrap_input_elements_reach_zero_bits_under_ebops_pressure(digits):
     x, y = digits
     keras.utils.set_random_seed(0)

@@ -324,7 +324,7 @@ class BetaWarmup(keras.callbacks.Callback):
     training begins (so layers with different ``beta`` keep their ratios) and set back when it ends. Nothing is
     done per step: ``beta`` is a variable of each layer, assigned once per epoch.
 
-    If ``fit`` raises, Keras does not end the training, and the layers keep their scaled-down ``beta``: the next
+    If ``fit`` raises, Keras skips ``on_train_end`` and the layers keep their scaled-down ``beta``: the next
     ``fit`` with this callback sets them back before it reads them, and :meth:`restore` does so at once. A layer
     whose ``beta`` was set anew in between (e.g. :func:`set_beta`) keeps the new value.
 
@@ -380,7 +380,7 @@ class BetaWarmup(keras.callbacks.Callback):
         self._targets = []
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.restore()  # what an interrupted fit left (Keras ends no training that raised)
+        self.restore()  # what an interrupted fit left (Keras skips on_train_end when fit raises)
         self._targets = [(layer, _value(layer.beta), _value(layer.beta)) for layer in h_layers(self.model)]
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -411,8 +411,8 @@ class SettleBits(keras.callbacks.Callback):
     bitwidths (see :meth:`hgq.quantizer.ActivationQuantizer.set_bits_pace`) for the final epochs lets the
     weights catch up. Weight bitwidths keep learning by default: frozen, they would let weights that round to
     zero grow back without ``beta`` pushing them down again (EBOPs creep up, measured on digits); ``weights=True``
-    freezes them too. The configured pace is restored when training ends; after a ``fit`` that raised (Keras then
-    ends no training), by the next ``fit`` with this callback, or at once by :meth:`restore`.
+    freezes them too. The configured pace is restored when training ends; after a ``fit`` that raised (Keras then skips
+    ``on_train_end``), by the next ``fit`` with this callback, or at once by :meth:`restore`.
 
     Parameters
     ----------
@@ -469,7 +469,7 @@ class SettleBits(keras.callbacks.Callback):
         self._factor = None
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        self.restore()  # what an interrupted fit left (Keras ends no training that raised)
+        self.restore()  # what an interrupted fit left (Keras skips on_train_end when fit raises)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         total = (self.params or {}).get('epochs')

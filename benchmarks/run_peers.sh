@@ -2,7 +2,7 @@
 # Train every tool on one data set and write benchmarks/results/<dataset>.{json,md,png}.
 # Usage: bash benchmarks/run_peers.sh [digits|fashion_mnist|fashion_mnist_cnn]
 # fashion_mnist_cnn: the CNN of configs/fashion_mnist_cnn.yaml for hgq and HGQ2 (no QKeras), EPOCHS overrides its
-# epochs for both.
+# epochs for both; HGQ2 sweeps its own betas (HGQ2_BETAS), up to 1e-4.
 # Needs the hgq venv (HGQ_VENV, default: the repository's .venv) and the peers' venvs from setup_venvs.sh
 # (VENV_ROOT). REUSE_PEERS=1 retrains only hgq and takes the peers' runs from the existing results JSON (for when
 # their scripts did not change); with it, HGQ2_BETAS="..." trains HGQ2 at these extra betas and adds them to the
@@ -17,8 +17,8 @@ ROOT=${VENV_ROOT:-/work/bench_venvs}
 export TF_CPP_MIN_LOG_LEVEL=3 PYTHONHASHSEED=0
 
 if [ "$DATASET" = fashion_mnist_cnn ]; then
-    BETAS=${BETAS:-"1e-9 3e-9 1e-8 3e-8 1e-7 3e-7 1e-6"}; RAMPS=${RAMPS-""}; SEEDS=${SEEDS:-"0"}
-    WARMUP_BETAS=${WARMUP_BETAS-""}
+    BETAS=${BETAS:-"3e-9 1e-8 3e-8 1e-7 3e-7 1e-6"}; RAMPS=${RAMPS-""}; SEEDS=${SEEDS:-"0"}
+    WARMUP_BETAS=${WARMUP_BETAS-"1e-6"}; HGQ2_SWEEP=${HGQ2_BETAS:-"1e-8 3e-8 1e-7 1e-6 3e-6 1e-5 3e-5 1e-4"}
     PREP="--fashion"
 elif [ "$DATASET" = digits ]; then
     BETAS=${BETAS:-"0 1e-7 3e-7 1e-6 3e-6 5e-6 1e-5 3e-5 5e-5 1e-4 2e-4 3e-4"}; RAMPS=${RAMPS-"1e-6:3e-4"}; BITS="2 3 4 6 8"; SEEDS=${SEEDS:-"0 1 2"}
@@ -41,7 +41,8 @@ if [ "${REUSE_PEERS:-0}" = 1 ]; then
     "$HGQ_VENV/bin/python" "$HERE/compare.py" --dataset "$DATASET" --reuse-peers
     exit 0
 fi
-"$ROOT/hgq2/bin/python" "$HERE/train_hgq2.py" --dataset "$DATASET" --betas $BETAS --seeds $SEEDS ${EPOCHS:+--epochs $EPOCHS}
+"$ROOT/hgq2/bin/python" "$HERE/train_hgq2.py" --dataset "$DATASET" --betas ${HGQ2_SWEEP:-$BETAS} --seeds $SEEDS \
+    ${EPOCHS:+--epochs $EPOCHS}
 if [ "$DATASET" = fashion_mnist_cnn ]; then
     "$HGQ_VENV/bin/python" "$HERE/compare.py" --dataset "$DATASET"
     exit 0

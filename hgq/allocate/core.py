@@ -27,7 +27,7 @@ from keras import ops
 
 from hgq.allocate import numerics as nm
 from hgq.allocate import sensitivity
-from hgq.calibrate import calibrate
+from hgq.calibrate import OPEN_RANGE_BITS, calibrate
 from hgq.ebops import ebops, h_layers
 from hgq.fixed_point import float32_exact
 from hgq.from_keras import from_keras
@@ -155,6 +155,12 @@ class _InputRanges:
     :data:`XLA_MIN_VALUES` values (or with ``xla=True``) it is compiled with XLA, which fuses the element-wise
     quantizer arithmetic (4-7x less CPU per pass on 60,000 Fashion-MNIST images, for about 1 CPU second of
     compiling).
+
+    A pass of its own rather than :func:`hgq.calibrate`'s: that one observes through a hook in every WRAP quantizer
+    of any model (nested, subclassed, several inputs), checks every value against the open range, and runs as a
+    plain graph with a free batch axis, since it is called often on small data (each checkpoint of ``hgq run``,
+    each fine-tuning epoch here) where XLA's compile time would not pay. This one reads the layers' inputs as the
+    outputs of a functional probe model, which one fixed batch shape lets XLA compile.
     """
 
     def __init__(self, model: keras.Model, x: np.ndarray, batch_size: int = 4096, xla: bool | None = None) -> None:
@@ -184,7 +190,7 @@ class _InputRanges:
     def observe(self) -> None:
         """Observe the ranges with the current formats and set them."""
         for layer in self.layers:
-            layer.input_quantizer.set_range(-(2.0**20), 2.0**20)
+            layer.input_quantizer.set_range(-(2.0**OPEN_RANGE_BITS), 2.0**OPEN_RANGE_BITS)
         low: list[np.ndarray] = []
         high: list[np.ndarray] = []
         for batch in self._batches():

@@ -148,6 +148,17 @@ def test_a_never_trained_wrap_quantizer_prunes_nothing_even_with_coarse_steps():
     assert q(x, training=False).numpy().tolist() == [[2.0**19, -(2.0**12) * 3, 0.0]]
 
 
+@pytest.mark.parametrize('f', [-64.0, -65.0, -100.0])
+def test_a_range_set_without_training_prunes_nothing_at_any_step(f):
+    """A range from ``set_range`` alone (never trained) keeps a value of ``2**69`` at steps of ``2**64`` and
+    coarser (a finite untrained peak of ``2**64`` pruned every element from ``f = -65`` on)."""
+    q = ActivationQuantizer(f_init=f)
+    q.build((None, 1))
+    q.set_range(-(2.0**70), 2.0**70)
+    out = q(np.array([[2.0**69]], np.float32), training=False).numpy()
+    assert out.tolist() == [[2.0**69 if f > -70 else 0.0]]
+
+
 def test_sat_integer_bits_are_learned_at_the_bit_pace():
     q = ActivationQuantizer(overflow_mode='SAT')
     q.build((None, 2))

@@ -40,8 +40,9 @@ BITS_LR_SCALE = 4.0
 BITS_DECAY = 1e-8
 # Integer bits of a WRAP range before any data was seen, and the default of learned integer bits (SAT modes).
 UNTRAINED_INTEGER_BITS = 4.0
-# train_peak of a WRAP quantizer never trained: infinite, so that no element counts as pruned at any f (see _pruned).
-UNTRAINED_PEAK = float('inf')
+# train_peak of a WRAP quantizer never trained: so large that no element counts as pruned at any step a float32 holds
+# (see _pruned).
+UNTRAINED_PEAK = 2.0**127
 
 __all__ = [
     'GRANULARITIES',

@@ -55,21 +55,50 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     'calibrate': (['hgq/calibrate.py'], ['tests/test_calibrate_contract.py', 'tests/test_mutation_kills.py']),
     'quantizer': (
         ['hgq/quantizer.py'],
-        ['tests/test_quantizer.py', 'tests/test_tracking.py', 'tests/test_ebops_exact.py', 'tests/test_properties.py',
-         'tests/test_mutation_kills.py'],
+        [
+            'tests/test_quantizer.py',
+            'tests/test_tracking.py',
+            'tests/test_ebops_exact.py',
+            'tests/test_properties.py',
+            'tests/test_mutation_kills.py',
+        ],
     ),
     'layers': (
-        ['hgq/layers/base.py', 'hgq/layers/kernel.py', 'hgq/layers/dense.py', 'hgq/layers/conv.py',
-         'hgq/layers/quantize.py', 'hgq/layers/merge.py', 'hgq/layers/pooling.py', 'hgq/layers/activation.py',
-         'hgq/layers/softmax.py', 'hgq/layers/batchnorm.py'],
-        ['tests/test_layers.py', 'tests/test_layers_batchnorm.py', 'tests/test_layers_bit_exact.py',
-         'tests/test_activation.py', 'tests/test_softmax.py', 'tests/test_ebops_exact.py',
-         'tests/test_mutation_kills.py'],
+        [
+            'hgq/layers/base.py',
+            'hgq/layers/kernel.py',
+            'hgq/layers/dense.py',
+            'hgq/layers/conv.py',
+            'hgq/layers/quantize.py',
+            'hgq/layers/merge.py',
+            'hgq/layers/pooling.py',
+            'hgq/layers/activation.py',
+            'hgq/layers/softmax.py',
+            'hgq/layers/batchnorm.py',
+        ],
+        [
+            'tests/test_layers.py',
+            'tests/test_layers_batchnorm.py',
+            'tests/test_layers_bit_exact.py',
+            'tests/test_activation.py',
+            'tests/test_softmax.py',
+            'tests/test_ebops_exact.py',
+            'tests/test_mutation_kills.py',
+        ],
     ),
-    'exactness': (['hgq/exactness.py'], ['tests/test_hardening.py', 'tests/test_calibrate_contract.py',
-                                         'tests/test_mutation_kills.py']),
-    'callbacks': (['hgq/callbacks.py'], ['tests/test_callbacks.py', 'tests/test_pareto_ties.py',
-                                         'tests/test_front_mechanisms.py', 'tests/test_mutation_kills.py']),
+    'exactness': (
+        ['hgq/exactness.py'],
+        ['tests/test_hardening.py', 'tests/test_calibrate_contract.py', 'tests/test_mutation_kills.py'],
+    ),
+    'callbacks': (
+        ['hgq/callbacks.py'],
+        [
+            'tests/test_callbacks.py',
+            'tests/test_pareto_ties.py',
+            'tests/test_front_mechanisms.py',
+            'tests/test_mutation_kills.py',
+        ],
+    ),
 }
 # A child is stopped once its CPU time exceeds 30 s + 4 times the wall time its tests took in the coverage run (CPU
 # time, not wall time: on a loaded machine a starved child must not count as caught), or after WALL_LIMIT seconds.
@@ -78,16 +107,41 @@ PYTEST_ARGS = ['-o', 'addopts=', '-p', 'no:cacheprovider', '-p', 'no:xdist', '-m
 EQUIVALENT_FILE = REPO / 'scripts' / 'equivalent_mutants.txt'
 
 BINARY_SWAPS = {
-    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Div,
-    ast.Mod: ast.FloorDiv, ast.Pow: ast.Mult, ast.LShift: ast.RShift, ast.RShift: ast.LShift,
-    ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.BitXor: ast.BitAnd,
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Div,
+    ast.Mod: ast.FloorDiv,
+    ast.Pow: ast.Mult,
+    ast.LShift: ast.RShift,
+    ast.RShift: ast.LShift,
+    ast.BitAnd: ast.BitOr,
+    ast.BitOr: ast.BitAnd,
+    ast.BitXor: ast.BitAnd,
 }
 COMPARE_SWAPS = {
-    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
-    ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
 }
-CALL_SWAPS = {'max': 'min', 'min': 'max', 'maximum': 'minimum', 'minimum': 'maximum', 'floor': 'ceil',
-              'ceil': 'floor', 'any': 'all', 'all': 'any'}
+CALL_SWAPS = {
+    'max': 'min',
+    'min': 'max',
+    'maximum': 'minimum',
+    'minimum': 'maximum',
+    'floor': 'ceil',
+    'ceil': 'floor',
+    'any': 'all',
+    'all': 'any',
+}
 
 
 # ---------------------------------------------------------------------------------------------------------- mutants
@@ -270,8 +324,9 @@ def _node_lines(file: str) -> dict[int, tuple]:
             count += 1
     return spans
 
+
 # --------------------------------------------------------------------------------------------------- coverage map
-COVERAGE_PLUGIN = '''
+COVERAGE_PLUGIN = """
 import json, os, time
 import coverage
 import pytest
@@ -292,7 +347,7 @@ def pytest_runtest_protocol(item, nextitem):
 def pytest_sessionfinish(session, exitstatus):
     with open(os.environ['MUTATE_DURATIONS'], 'w') as fh:
         json.dump({'durations': _durations, 'exitstatus': int(exitstatus)}, fh)
-'''
+"""
 
 
 def coverage_map(module: str, out: Path) -> dict:
@@ -307,11 +362,26 @@ def coverage_map(module: str, out: Path) -> dict:
     rc = work / 'coveragerc'
     include = ','.join(str(REPO_TREE / s) for s in sources)
     rc.write_text(f'[run]\ndata_file = {work / "data"}\ninclude = {include}\n')
-    env = dict(os.environ, MUTATE_DURATIONS=str(work / 'durations.json'), PYTHONPATH=f'{work}:{REPO_TREE}',
-               HYPOTHESIS_PROFILE='mutation')
+    env = dict(
+        os.environ,
+        MUTATE_DURATIONS=str(work / 'durations.json'),
+        PYTHONPATH=f'{work}:{REPO_TREE}',
+        HYPOTHESIS_PROFILE='mutation',
+    )
     tests = [t for t in tests if (REPO_TREE / t).exists()]
-    cmd = [sys.executable, '-m', 'coverage', 'run', f'--rcfile={rc}', '-m', 'pytest', *PYTEST_ARGS[:-1],
-           '-p', 'mutate_coverage_plugin', *tests]
+    cmd = [
+        sys.executable,
+        '-m',
+        'coverage',
+        'run',
+        f'--rcfile={rc}',
+        '-m',
+        'pytest',
+        *PYTEST_ARGS[:-1],
+        '-p',
+        'mutate_coverage_plugin',
+        *tests,
+    ]
     print(f'[{module}] coverage map: {" ".join(tests)}', flush=True)
     start = time.time()
     with open(work / 'pytest.log', 'w') as log:
@@ -467,8 +537,16 @@ def run_module(
     def record(mutant: Mutant, status: str, seconds: float, how: str, n_tests: int) -> None:
         nonlocal judged
         judged += 1
-        entry = dict(id=mutant.id, file=mutant.file, line=mutant.line, label=mutant.label, status=status,
-                     seconds=round(seconds, 1), selection=how, tests=n_tests)
+        entry = dict(
+            id=mutant.id,
+            file=mutant.file,
+            line=mutant.line,
+            label=mutant.label,
+            status=status,
+            seconds=round(seconds, 1),
+            selection=how,
+            tests=n_tests,
+        )
         with open(results_path, 'a') as fh:
             fh.write(json.dumps(entry) + '\n')
         if status != 'killed':
@@ -520,8 +598,9 @@ def carry(module: str, out: Path, old_out: Path, old_commit: str) -> None:
     old = _latest(old_out / f'{module}.jsonl')
     added = 0
     for file in MODULES[module][0]:
-        old_text = subprocess.run(['git', 'show', f'{old_commit}:{file}'], cwd=REPO_TREE, capture_output=True,
-                                  text=True, check=True).stdout.splitlines()
+        old_text = subprocess.run(
+            ['git', 'show', f'{old_commit}:{file}'], cwd=REPO_TREE, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
         new_text = (REPO_TREE / file).read_text().splitlines()
         by_text: dict[tuple[str, int, str], list[dict]] = {}
         for entry in old.values():
@@ -572,12 +651,14 @@ def summary(out: Path, modules: list[str]) -> None:
             status = 'equivalent' if entry['id'] in equivalent else entry['status']
             counts[status] = counts.get(status, 0) + 1
             if status in ('survived', 'uncovered') or status.startswith('error'):
-                alive.append(f"{entry['id']} ({status})")
+                alive.append(f'{entry["id"]} ({status})')
         caught = counts['killed'] + counts['timeout']
         scored = len(entries) - counts['equivalent']
         score = 100.0 * caught / scored if scored else float('nan')
-        print(f"| `{module}` | {len(entries)} of {len(current)} | {counts['equivalent']} | {counts['killed']} | "
-              f"{counts['timeout']} | {counts['survived']} | {counts['uncovered']} | {score:.1f}% | {carried} |")
+        print(
+            f'| `{module}` | {len(entries)} of {len(current)} | {counts["equivalent"]} | {counts["killed"]} | '
+            f'{counts["timeout"]} | {counts["survived"]} | {counts["uncovered"]} | {score:.1f}% | {carried} |'
+        )
         for name in alive:
             print(f'    alive: {name}', file=sys.stderr)
 
@@ -591,15 +672,32 @@ def main() -> None:
     parser.add_argument('--jobs', type=int, default=2, help='mutants judged at once')
     parser.add_argument('--fresh', action='store_true', help='judge every mutant again')
     parser.add_argument('--only', help='judge only mutants whose id contains this text')
-    parser.add_argument('--rejudge', nargs='+', metavar='TEST_FILE',
-                        help='judge the surviving and uncovered mutants again with these whole test files')
+    parser.add_argument(
+        '--rejudge',
+        nargs='+',
+        metavar='TEST_FILE',
+        help='judge the surviving and uncovered mutants again with these whole test files',
+    )
     parser.add_argument('--shuffle', type=int, metavar='SEED', help='judge the mutants in a random order')
-    parser.add_argument('--max-tests', type=int, metavar='N',
-                        help='run at most the N fastest covering tests per mutant (fewer kills, never more)')
-    parser.add_argument('--also', nargs='+', metavar='TEST_FILE', default=[],
-                        help='whole test files run for every mutant after its covering tests')
-    parser.add_argument('--carry', nargs=2, metavar=('OLD_OUT', 'OLD_COMMIT'),
-                        help='copy kills judged at OLD_COMMIT (results in OLD_OUT) onto mutants of unchanged lines')
+    parser.add_argument(
+        '--max-tests',
+        type=int,
+        metavar='N',
+        help='run at most the N fastest covering tests per mutant (fewer kills, never more)',
+    )
+    parser.add_argument(
+        '--also',
+        nargs='+',
+        metavar='TEST_FILE',
+        default=[],
+        help='whole test files run for every mutant after its covering tests',
+    )
+    parser.add_argument(
+        '--carry',
+        nargs=2,
+        metavar=('OLD_OUT', 'OLD_COMMIT'),
+        help='copy kills judged at OLD_COMMIT (results in OLD_OUT) onto mutants of unchanged lines',
+    )
     parser.add_argument('--list', action='store_true', help='list the mutants and stop')
     parser.add_argument('--show', metavar='ID', help='print the diff of one mutant')
     parser.add_argument('--summary', action='store_true', help='print the score table of earlier runs')
@@ -637,8 +735,9 @@ def main() -> None:
         for module in modules:
             carry(module, args.out, Path(args.carry[0]), args.carry[1])
     for module in modules:
-        run_module(module, args.out, args.jobs, args.fresh, args.only, args.rejudge, args.shuffle, args.max_tests,
-                   args.also)
+        run_module(
+            module, args.out, args.jobs, args.fresh, args.only, args.rejudge, args.shuffle, args.max_tests, args.also
+        )
     summary(args.out, modules)
 
 

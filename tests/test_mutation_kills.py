@@ -120,12 +120,29 @@ def test_quantizer_defaults_are_the_documented_ones():
 
 
 ACTIVATION_DEFAULTS = dict(
-    granularity='element', f_init=6.0, overflow_mode='WRAP', round_mode='RND', i_init=None, signed=True,
-    momentum=0.99, channel_axis=-1, bits_l1=0.0, f_trainable=True, bits_lr_scale=4.0, bits_decay=1e-8,
+    granularity='element',
+    f_init=6.0,
+    overflow_mode='WRAP',
+    round_mode='RND',
+    i_init=None,
+    signed=True,
+    momentum=0.99,
+    channel_axis=-1,
+    bits_l1=0.0,
+    f_trainable=True,
+    bits_lr_scale=4.0,
+    bits_decay=1e-8,
 )
 WEIGHT_DEFAULTS = dict(
-    granularity='element', f_init=None, init_bits=4.0, round_mode='RND', channel_axis=-1, bits_l1=0.0,
-    f_trainable=True, bits_lr_scale=4.0, bits_decay=1e-8,
+    granularity='element',
+    f_init=None,
+    init_bits=4.0,
+    round_mode='RND',
+    channel_axis=-1,
+    bits_l1=0.0,
+    f_trainable=True,
+    bits_lr_scale=4.0,
+    bits_decay=1e-8,
 )
 
 
@@ -480,12 +497,15 @@ def _one_input_model():
     return keras.Sequential([keras.Input((2,)), HQuantize(name='hq')])
 
 
-@pytest.mark.parametrize(('data', 'message'), [
-    (np.float32(1.0), r'expected a non-empty array of samples, got shape \(\)'),
-    (np.zeros((0, 2), np.float32), r'expected a non-empty array of samples, got shape \(0, 2\)'),
-    (np.array([[1.0, np.nan], [2.0, 3.0]], np.float32), 'holds 1 NaN or infinite values'),
-    ([np.ones((2, 2), np.float32)] * 2, 'has 1 inputs; the calibration data hold 2 arrays'),
-])
+@pytest.mark.parametrize(
+    ('data', 'message'),
+    [
+        (np.float32(1.0), r'expected a non-empty array of samples, got shape \(\)'),
+        (np.zeros((0, 2), np.float32), r'expected a non-empty array of samples, got shape \(0, 2\)'),
+        (np.array([[1.0, np.nan], [2.0, 3.0]], np.float32), 'holds 1 NaN or infinite values'),
+        ([np.ones((2, 2), np.float32)] * 2, 'has 1 inputs; the calibration data hold 2 arrays'),
+    ],
+)
 def test_calibration_data_are_checked_before_any_work(data, message):
     with pytest.raises(CalibrationError, match=message):
         hgq.calibrate(_one_input_model(), data)

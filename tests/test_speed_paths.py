@@ -167,6 +167,7 @@ def test_single_pass_wrap_training_equals_two_passes_bit_for_bit(granularity, ro
     x.flat[:6] = [0.5, -0.5, 2.5, -1.5, 3e7, -6e8]  # ties and values far beyond every range
     g = (rng.normal(size=x.shape) * np.exp2(rng.integers(-30, 30, size=x.shape))).astype('float32')
     results = []
+
     def single_pass(quantizer, x, f):
         return quantizer._train_wrap(x, f, quantizer._pruned(f))
 

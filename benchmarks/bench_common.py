@@ -44,6 +44,15 @@ SEED = 0
 # Training settings shared by every tool, per data set: same split, model size, optimizer, epochs and batch size.
 SETTINGS = {
     'digits': {'hidden': 32, 'epochs': 60, 'batch_size': 32, 'learning_rate': 3e-3},
+    # digits with the learning rate decaying along a cosine to 5 % of it over the run (``learning_rate``)
+    'digits_cosine': {
+        'data': 'digits',
+        'hidden': 32,
+        'epochs': 60,
+        'batch_size': 32,
+        'learning_rate': 3e-3,
+        'lr_final': 0.05,
+    },
     'fashion_mnist': {'hidden': 64, 'epochs': 15, 'batch_size': 128, 'learning_rate': 2e-3},
     # configs/fashion_mnist_cnn.yaml: Fashion-MNIST images 28x28x1, conv 8 -> pool -> conv 12 -> pool -> 32 -> 10,
     # Adam 3e-3 decaying along a cosine to 5 % of it (``learning_rate``); the config's 40 epochs cut to what fits.
@@ -204,16 +213,18 @@ def model_ebops(dump: dict[str, Any]) -> list[float]:
     return out
 
 
-def learning_rate(settings: dict[str, Any], n_train: int) -> Any:
+def learning_rate(settings: dict[str, Any], n_train: int, schedules: Any = None) -> Any:
     """The optimizer's learning rate: a constant, or with ``lr_final`` a cosine decay from ``learning_rate`` to
-    ``lr_final * learning_rate`` over the whole run (Keras's ``CosineDecay``; imported here, so that this
-    module stays numpy-only for the data preparation)."""
+    ``lr_final * learning_rate`` over the whole run (``CosineDecay`` of ``schedules``: Keras's by default, imported
+    here so that this module stays numpy-only for the data preparation; QKeras passes the legacy Keras's)."""
     if 'lr_final' not in settings:
         return settings['learning_rate']
-    import keras
+    if schedules is None:
+        import keras
 
+        schedules = keras.optimizers.schedules
     steps = settings['epochs'] * -(-n_train // settings['batch_size'])
-    return keras.optimizers.schedules.CosineDecay(settings['learning_rate'], steps, alpha=settings['lr_final'])
+    return schedules.CosineDecay(settings['learning_rate'], steps, alpha=settings['lr_final'])
 
 
 def dump_path(dataset: str, stem: str) -> Path:

@@ -33,6 +33,7 @@ RAMPS = 'hgq (ours), beta ramps + ParetoFront'
 # Accuracy levels of the "fewest EBOPs reaching an accuracy" table, per data set.
 THRESHOLDS = {
     'digits': (0.90, 0.93, 0.95, 0.96, 0.97),
+    'digits_cosine': (0.90, 0.93, 0.95, 0.96, 0.97),
     'fashion_mnist': (0.80, 0.83, 0.85, 0.86, 0.87),
     # the float32 CNN reaches 0.877 in 10 epochs (seed 0): from 4.7 points under it to 0.2 points under it
     'fashion_mnist_cnn': (0.83, 0.85, 0.86, 0.87, 0.875),
@@ -271,7 +272,9 @@ def markdown(dataset: str, rows, floats, cheapest, check, runs=(), per_seed=()) 
         lines += [
             f'MLP {s.get("hidden", "?")} hidden units, {s.get("epochs", "?")} epochs, '
             f'batch {s.get("batch_size", "?")}, '
-            f'Adam {s.get("learning_rate", "?")}; mean ± std over training seeds (one data split); '
+            f'Adam {s.get("learning_rate", "?")}'
+            + (f' with a cosine decay to {s["lr_final"]:g}x' if 'lr_final' in s else '')
+            + '; mean ± std over training seeds (one data split); '
             'EBOPs from `benchmarks/bench_common.py` (bits of each input element × MSB-to-LSB span of each '
             'quantized weight, summed over the dense layers).',
             '',

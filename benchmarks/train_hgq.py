@@ -52,18 +52,26 @@ from hgq.layers import HConv2D, HDense, HKernelLayer, HMaxPooling2D, HQuantize
 
 # Final epochs with frozen activation bitwidths (hgq.callbacks.SettleBits): a fifth of each data set's run
 # (None: a fifth of the epochs run).
-SETTLE_EPOCHS = {'digits': 12, 'fashion_mnist': 3, 'fashion_mnist_cnn': None}
+SETTLE_EPOCHS = {'digits': 12, 'digits_cosine': 12, 'fashion_mnist': 3, 'fashion_mnist_cnn': None}
 # First epochs of a constant-beta run over which beta rises from 0 (hgq.callbacks.BetaWarmup); None: a sixth.
-WARMUP_EPOCHS = {'digits': 10, 'fashion_mnist': 3, 'fashion_mnist_cnn': None}
+WARMUP_EPOCHS = {'digits': 10, 'digits_cosine': 10, 'fashion_mnist': 3, 'fashion_mnist_cnn': None}
 
 
-def build(n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
+def quantizer_options(bits_lr_scale: float | None, kernel: bool) -> dict:
+    """Quantizer arguments of one H-layer: every quantizer at the bit pace ``bits_lr_scale`` (``None``: defaults)."""
+    if bits_lr_scale is None:
+        return {}
+    names = ('input_quantizer', 'kernel_quantizer', 'bias_quantizer') if kernel else ('input_quantizer',)
+    return {name: {'bits_lr_scale': bits_lr_scale} for name in names}
+
+
+def build(n_in: int, hidden: int, n_out: int, beta: float, bits_lr_scale: float | None = None) -> keras.Model:
     return keras.Sequential(
         [
             keras.Input((n_in,)),
-            HQuantize(beta=beta),
-            HDense(hidden, activation='relu', beta=beta),
-            HDense(n_out, beta=beta),
+            HQuantize(beta=beta, **quantizer_options(bits_lr_scale, kernel=False)),
+            HDense(hidden, activation='relu', beta=beta, **quantizer_options(bits_lr_scale, kernel=True)),
+            HDense(n_out, beta=beta, **quantizer_options(bits_lr_scale, kernel=True)),
         ]
     )
 
@@ -99,7 +107,7 @@ def make_model(settings: dict, data: dict[str, np.ndarray], beta: float | None) 
         return build_cnn(settings, n_classes, beta)
     if beta is None:
         return build_float(data['x_train'].shape[1], settings['hidden'], n_classes)
-    return build(data['x_train'].shape[1], settings['hidden'], n_classes, beta)
+    return build(data['x_train'].shape[1], settings['hidden'], n_classes, beta, settings.get('bits_lr_scale'))
 
 
 def fit(
@@ -207,6 +215,17 @@ def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, datas
     return meta
 
 
+def pace_label(settings: dict) -> str:
+    """``', bit pace S'`` for a run at a bit pace set by ``--bits-lr-scale``, else ``''``."""
+    scale = settings.get('bits_lr_scale')
+    return '' if scale is None else f', bit pace {scale:g}'
+
+
+def pace_stem(settings: dict) -> str:
+    scale = settings.get('bits_lr_scale')
+    return '' if scale is None else f'_pace{scale:g}'
+
+
 def settle_callbacks(settle: int) -> list:
     return [hgq.callbacks.SettleBits(settle)] if settle else []
 
@@ -225,7 +244,7 @@ def run_hgq(
     callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup else []
     train_s = fit(model, data, settings, callbacks=callbacks + settle_callbacks(settle))
     meta = {
-        'config': f'beta={beta:g}' + (f', warm-up {warmup}' if warmup else ''),
+        'config': f'beta={beta:g}' + (f', warm-up {warmup}' if warmup else '') + pace_label(settings),
         'beta': beta,
         'train_seconds': train_s,
         'seed': seed,
@@ -234,7 +253,7 @@ def run_hgq(
         **settings,
     }
     try:
-        stem = f'hgq_beta{beta:g}' + (f'_warmup{warmup}' if warmup else '') + f'_seed{seed}'
+        stem = f'hgq_beta{beta:g}' + (f'_warmup{warmup}' if warmup else '') + pace_stem(settings) + f'_seed{seed}'
         meta = dump_model(model, data, stem, dataset, meta)
     except hgq.exactness.InexactError as err:
         print(f'hgq {meta["config"]} seed={seed}: not dumped, calibration refused the model: {err}', flush=True)
@@ -252,7 +271,7 @@ def run_ramp(
     start, end = ramp
     model = make_model(settings, data, start)
     schedule = hgq.callbacks.BetaSchedule([(0, start), (settings['epochs'] - 1, end)], interpolation='log')
-    config = f'ramp {start:g}->{end:g}'
+    config = f'ramp {start:g}->{end:g}' + pace_label(settings)
     with tempfile.TemporaryDirectory() as directory:
         front = hgq.callbacks.ParetoFront(directory, metrics=('val_accuracy', 'ebops'), sides=('max', 'min'))
         train_s = fit(model, data, settings, callbacks=[schedule, *settle_callbacks(settle), front], validate=True)
@@ -270,7 +289,7 @@ def run_ramp(
                 'settle_epochs': settle,
                 **settings,
             }
-            stem = f'hgq_ramp{start:g}-{end:g}_seed{seed}_epoch{point.epoch:04d}'
+            stem = f'hgq_ramp{start:g}-{end:g}{pace_stem(settings)}_seed{seed}_epoch{point.epoch:04d}'
             try:
                 dump_model(checkpoint, data, stem, dataset, meta)
             except hgq.exactness.InexactError as err:
@@ -318,8 +337,15 @@ def main() -> None:
     )
     parser.add_argument('--warmup-betas', type=float, nargs='*', default=[], help='constant betas with a warm-up')
     parser.add_argument('--warmup', type=int, default=None, help='epochs of the warm-up of --warmup-betas runs')
+    parser.add_argument(
+        '--bits-lr-scale', type=float, default=None, help='bit pace of every quantizer (default: the package default)'
+    )
     args = parser.parse_args()
+    if args.bits_lr_scale is not None and not args.bits_lr_scale > 0:
+        raise SystemExit(f'--bits-lr-scale: need a number > 0, got {args.bits_lr_scale}')
     settings, data = sweep_settings(args)
+    if args.bits_lr_scale is not None:
+        settings['bits_lr_scale'] = args.bits_lr_scale
     settle = SETTLE_EPOCHS[args.dataset] if args.settle is None else args.settle
     settle = settings['epochs'] // 5 if settle is None else settle
     if not 0 <= settle < settings['epochs']:

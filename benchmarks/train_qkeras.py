@@ -15,7 +15,15 @@ import os
 import time
 
 import numpy as np
-from bench_common import dump_path, equivalence_inputs, save_dump, seed_everything, sweep_parser, sweep_settings
+from bench_common import (
+    dump_path,
+    equivalence_inputs,
+    learning_rate,
+    save_dump,
+    seed_everything,
+    sweep_parser,
+    sweep_settings,
+)
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
@@ -69,7 +77,7 @@ def run(dataset: str, bits: int, act_int: int, seed: int, data: dict[str, np.nda
     n_classes = int(data['y_train'].max()) + 1
     model = build(data['x_train'].shape[1], settings['hidden'], n_classes, bits, act_int)
     model.compile(
-        keras.optimizers.Adam(settings['learning_rate']),
+        keras.optimizers.Adam(learning_rate(settings, len(data['x_train']), keras.optimizers.schedules)),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=['accuracy'],
     )

@@ -596,8 +596,6 @@ def test_a_step_scale_of_zero_or_below_one_is_allowed():
 
 
 def test_bitwidths_move_bits_lr_scale_times_the_optimizer_step():
-    if keras.backend.backend() == 'jax':
-        pytest.skip('under JAX the bit pace is not applied (bits_pace_supported)')
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8, 3)).astype(np.float32), rng.normal(size=(8, 3)).astype(np.float32)
 
@@ -623,10 +621,8 @@ def test_bitwidths_move_bits_lr_scale_times_the_optimizer_step():
 
 
 def test_a_bit_pace_that_is_applied_warns_of_nothing():
-    """Under TensorFlow the bit pace is applied, so neither a pace other than 1 (``bits_lr_scale=4``, building the
-    bitwidth variables) nor ``set_bits_pace(0)`` warns that it is ignored."""
-    if keras.backend.backend() != 'tensorflow':
-        pytest.skip('the rule is pinned under TensorFlow')
+    """The bit pace is applied on every backend (step variables), so neither a pace other than 1
+    (``bits_lr_scale=4``, building the bitwidth variables) nor ``set_bits_pace`` warns that it is ignored."""
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         for q in (ActivationQuantizer(bits_lr_scale=4.0), WeightQuantizer(bits_lr_scale=4.0)):

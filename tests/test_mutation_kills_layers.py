@@ -1,0 +1,184 @@
+"""Rules pinned after mutation testing of ``exactness``, ``callbacks`` and ``layers`` (scripts/MUTATION.md).
+
+Each test states a documented rule with numbers worked out by hand from it; a mutant of the rule changes them.
+"""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from hgq.exactness import check_float32_exact, float32_problems
+from hgq.layers import (
+    HAdd,
+    HAveragePooling1D,
+    HBatchNormalization,
+    HConv1D,
+    HDense,
+    HGlobalAveragePooling2D,
+    HMaxPooling1D,
+    HMultiply,
+    HQuantize,
+    HSubtract,
+)
+
+
+# -- exactness: the largest partial sum of each accumulator, in steps of its finest term, against 2**24 -------------
+def _sat(i, f, signed=True):
+    """A SAT input quantizer of fixed integer and fractional bits (``k = signed``)."""
+    return {'overflow_mode': 'SAT', 'i_init': i, 'f_init': f, 'signed': signed}
+
+
+def _set_format(quantizer, i, f):
+    """Per-element integer and fractional bits of a SAT quantizer (broadcast to its variables)."""
+    quantizer.i.assign(np.broadcast_to(np.asarray(i, 'float32'), quantizer.i.shape))
+    quantizer.f.assign(np.broadcast_to(np.asarray(f, 'float32'), quantizer.f.shape))
+
+
+def _needed(model):
+    """The significant bits each problem line reports, in order (an empty list for an exact model)."""
+    problems = float32_problems(model)
+    counts = []
+    for line in problems:
+        found = re.search(r'needs up to (\d+) significant bits|formats of up to (\d+) significant bits', line)
+        assert found, line
+        counts.append(int(found.group(1) or found.group(2)))
+    return counts
+
+
+def _dense(inputs, i, f, kernel, bias=None, kernel_f=2, bias_f=12, signed=True):
+    layer = HDense(
+        np.shape(kernel)[1],
+        use_bias=bias is not None,
+        input_quantizer=_sat(4, 4, signed),
+        kernel_quantizer={'f_init': kernel_f},
+        bias_quantizer={'f_init': bias_f},
+    )
+    model = keras.Sequential([keras.Input((inputs,)), layer])
+    _set_format(layer.input_quantizer, i, f)
+    layer.kernel.assign(np.asarray(kernel, 'float32'))
+    if bias is not None:
+        layer.bias.assign(np.asarray(bias, 'float32'))
+    return model
+
+
+def test_a_dense_sum_is_judged_by_its_finest_input_channel():
+    # 3 inputs of magnitude 2**13, weights +-1: the sum reaches 3 * 2**13 in steps of 2**-max(f) = 2**-10.
+    model = _dense(3, 13, [10, 7, 7], [[1.0], [-1.0], [1.0]])
+    assert _needed(model) == [25]  # 3 * 2**23 = 2**24.58
+    assert _needed(_dense(3, 13, [9, 7, 7], [[1.0], [-1.0], [1.0]])) == []  # 3 * 2**22 fits 24 bits
+
+
+def test_a_dense_sum_adds_the_weights_fractional_bits_and_takes_the_finest_product():
+    # Weights 0.25 (f = 2) and 1 (f = 0) on inputs of f = 10: finest product step 2**-12; sum up to 2**13 * 2.25.
+    assert _needed(_dense(3, 13, 10, [[0.25], [1.0], [1.0]])) == [27]  # 18432 * 2**12 = 2**26.17
+    assert _needed(_dense(3, 13, 10, [[0.25], [0.25], [0.25]])) == [25]  # 6144 * 2**12 = 2**24.58
+
+
+def test_a_dense_bias_adds_its_magnitude_and_its_finer_step():
+    # Column 1: products up to 2**11 + 2**2 plus a bias of 2**11 + 2**-12 reach 4100 in steps of 2**-12 (25 bits);
+    # column 0 (products up to 2**2, no bias) is exact.
+    model = _dense(2, [11, 2], [0, 2], [[0.0, 1.0], [1.0, 1.0]], bias=[0.0, 2048.000244140625])
+    assert _needed(model) == [25]
+    # A bias step finer than the products' (2**-12 against 2**-9) sets the step of the whole sum.
+    model = _dense(3, 13, [9, 7, 7], [[1.0], [-1.0], [1.0]], bias=[2.0**-12])
+    assert _needed(model) == [27]  # (3 * 2**13 + 2**-12) * 2**12 = 2**26.58
+
+
+def test_a_dense_input_element_of_width_zero_adds_nothing():
+    # Unsigned, i = 20, f = -20: k + i + f = 0, an element that is always zero; the other one is small.
+    model = _dense(2, [20, 4], [-20, 10], [[1.0], [1.0]], signed=False)
+    assert _needed(model) == []
+    _set_format(model.layers[-1].input_quantizer, [20, 4], [-19, 10])  # one bit: 2**20 in steps of 2**-10
+    assert _needed(model) == [31]
+
+
+def test_a_convolution_takes_the_finest_input_step_of_each_input_channel():
+    layer = HConv1D(1, 2, use_bias=False, input_quantizer=_sat(4, 4), kernel_quantizer={'f_init': 2})
+    model = keras.Sequential([keras.Input((4, 2)), layer])
+    # Channel 0 has f = 10 at one position only; channel 1 f = 6; magnitudes 2**13; weights 1 and 0.5 (f = 1).
+    f = np.array([[10, 6], [6, 6], [6, 6], [6, 6]])
+    _set_format(layer.input_quantizer, 13, f)
+    layer.kernel.assign(np.array([[[1.0], [0.5]], [[1.0], [0.5]]], 'float32'))
+    # Window of 2 positions x 2 channels: bound 2**13 * 3, finest step max(10 + 0, 6 + 1) = 10.
+    assert _needed(model) == [25]  # 24576 * 2**10 = 2**24.58
+
+
+def test_activation_formats_wider_than_float32_are_named_with_their_widest_format():
+    layer = HQuantize(input_quantizer=_sat(4, 4, signed=False))
+    model = keras.Sequential([keras.Input((4,)), layer])
+    # 24 bits; 0 bits (k + i + f = 0: always zero, whatever f); two ordinary ones.
+    _set_format(layer.input_quantizer, [10, -130, 2, 0], [14, 130, 2, 0])
+    assert _needed(model) == []
+    _set_format(layer.input_quantizer, [10, -130, 12, 0], [15, 130, 15, 0])  # 25 and 27 bits
+    assert _needed(model) == [27]
+
+
+def test_batch_normalization_needs_the_scaled_input_plus_the_offset():
+    layer = HBatchNormalization(
+        input_quantizer=_sat(4, 4), scale_quantizer={'f_init': 2}, offset_quantizer={'f_init': 12}
+    )
+    model = keras.Sequential([keras.Input((2,)), layer])
+    _set_format(layer.input_quantizer, 13, [9, 6])
+    layer.gamma.assign(np.array([1.5, 1.0], 'float32'))  # scale 1.5 / sqrt(1 + 1e-3) quantized to 1.5 (f = 1)
+    assert np.array_equal(np.asarray(layer.qscale), [1.5, 1.0])
+    # Channel 0: 2**13 * 1.5 in steps of 2**-(9 + 1), 12288 * 2**10 = 2**23.58; channel 1: 2**13 at f = 6.
+    assert _needed(model) == []
+    layer.offset.assign(np.array([0.0, 2.0**-12], 'float32'))  # channel 1: a finer offset step, 2**-12
+    assert _needed(model) == [26]  # (2**13 + 2**-12) * 2**12 = 2**25 + 1
+    layer.offset.assign(np.array([4096.0, 0.0], 'float32'))  # channel 0: 12288 + 4096 = 2**14 at f = 10
+    assert _needed(model) == []  # 2**24 exactly: exact
+    layer.offset.assign(np.array([4096.5, 0.0], 'float32'))
+    assert _needed(model) == [25]
+
+
+def _merge_model(layer, shape, formats):
+    inputs = [keras.Input(shape) for _ in formats]
+    model = keras.Model(inputs, layer(inputs))
+    for quantizer, (i, f) in zip(layer.activation_quantizers, formats, strict=True):
+        _set_format(quantizer, i, f)
+    return model
+
+
+def test_a_product_adds_the_magnitudes_and_the_steps_of_its_factors():
+    model = _merge_model(HMultiply(input_quantizer=_sat(4, 4)), (2,), [(8, [8, 2]), (3, [6, 2])])
+    assert _needed(model) == [25]  # 2**11 in steps of 2**-14
+
+
+def test_a_sum_adds_the_magnitudes_and_takes_the_finer_step():
+    for layer in (HAdd(input_quantizer=_sat(4, 4)), HSubtract(input_quantizer=_sat(4, 4))):
+        model = _merge_model(layer, (2,), [(10, [14, 0]), (9, [10, 0])])
+        assert _needed(model) == [25]  # (2**10 + 2**9) * 2**14 = 2**24.58
+
+
+def test_average_pooling_sums_its_window_at_the_largest_magnitude_and_finest_step():
+    layer = HAveragePooling1D(4, input_quantizer=_sat(4, 4))
+    model = keras.Sequential([keras.Input((8, 1)), layer])
+    _set_format(layer.input_quantizer, [[10], [2], [2], [2], [2], [2], [2], [2]], [[1], [1], [13], [1], [1], [1], [1], [1]])
+    assert _needed(model) == [25]  # 4 * 2**10 in steps of 2**-13
+    maximum = HMaxPooling1D(4, input_quantizer=_sat(4, 4))
+    model = keras.Sequential([keras.Input((8, 1)), maximum])
+    _set_format(maximum.input_quantizer, 10, 14)
+    assert _needed(model) == []  # a maximum adds nothing
+
+
+def test_global_average_pooling_sums_every_position():
+    layer = HGlobalAveragePooling2D(input_quantizer=_sat(4, 4))
+    model = keras.Sequential([keras.Input((2, 4, 1)), layer])
+    _set_format(layer.input_quantizer, 10, 12)
+    assert _needed(model) == [25]  # 8 positions * 2**10 in steps of 2**-12 = 2**25
+    _set_format(layer.input_quantizer, 10, 11)
+    assert _needed(model) == []
+
+
+def test_an_unbuilt_model_has_no_float32_problems():
+    model = keras.Sequential([HQuantize(), HDense(2)])
+    assert float32_problems(model) == []
+    check_float32_exact(model)
+
+
+def test_check_float32_exact_names_every_problem():
+    model = _dense(3, 13, [10, 7, 7], [[1.0], [-1.0], [1.0]])
+    with pytest.raises(ValueError, match=r'needs up to 25 significant bits'):
+        check_float32_exact(model)

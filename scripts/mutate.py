@@ -84,11 +84,17 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             'tests/test_softmax.py',
             'tests/test_ebops_exact.py',
             'tests/test_mutation_kills.py',
+            'tests/test_mutation_kills_layers.py',
         ],
     ),
     'exactness': (
         ['hgq/exactness.py'],
-        ['tests/test_hardening.py', 'tests/test_calibrate_contract.py', 'tests/test_mutation_kills.py'],
+        [
+            'tests/test_hardening.py',
+            'tests/test_calibrate_contract.py',
+            'tests/test_mutation_kills.py',
+            'tests/test_mutation_kills_layers.py',
+        ],
     ),
     'callbacks': (
         ['hgq/callbacks.py'],
@@ -97,6 +103,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             'tests/test_pareto_ties.py',
             'tests/test_front_mechanisms.py',
             'tests/test_mutation_kills.py',
+            'tests/test_mutation_kills_layers.py',
         ],
     ),
 }

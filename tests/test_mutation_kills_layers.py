@@ -155,7 +155,9 @@ def test_a_sum_adds_the_magnitudes_and_takes_the_finer_step():
 def test_average_pooling_sums_its_window_at_the_largest_magnitude_and_finest_step():
     layer = HAveragePooling1D(4, input_quantizer=_sat(4, 4))
     model = keras.Sequential([keras.Input((8, 1)), layer])
-    _set_format(layer.input_quantizer, [[10], [2], [2], [2], [2], [2], [2], [2]], [[1], [1], [13], [1], [1], [1], [1], [1]])
+    _set_format(
+        layer.input_quantizer, [[10], [2], [2], [2], [2], [2], [2], [2]], [[1], [1], [13], [1], [1], [1], [1], [1]]
+    )
     assert _needed(model) == [25]  # 4 * 2**10 in steps of 2**-13
     maximum = HMaxPooling1D(4, input_quantizer=_sat(4, 4))
     model = keras.Sequential([keras.Input((8, 1)), maximum])

@@ -3,12 +3,15 @@
 Each test states a documented rule with numbers worked out by hand from it; a mutant of the rule changes them.
 """
 
+import math
 import re
 
 import keras
 import numpy as np
 import pytest
 
+from hgq.callbacks import BetaSchedule, BetaTarget, BetaWarmup, SettleBits, beta_update
+from hgq.ebops import h_layers
 from hgq.exactness import check_float32_exact, float32_problems
 from hgq.layers import (
     HAdd,
@@ -184,3 +187,179 @@ def test_check_float32_exact_names_every_problem():
     model = _dense(3, 13, [10, 7, 7], [[1.0], [-1.0], [1.0]])
     with pytest.raises(ValueError, match=r'needs up to 25 significant bits'):
         check_float32_exact(model)
+
+
+# -- callbacks: the controller's formula, its defaults and limits; schedules; warm-up; settle; driven by hand -------
+def _tiny_model():
+    return keras.Sequential([keras.Input((4,)), HQuantize(), HDense(2)])
+
+
+def _layer_betas(model):
+    return [float(keras.ops.convert_to_numpy(layer.beta)) for layer in h_layers(model)]
+
+
+def test_beta_update_is_the_documented_pi_step_with_its_defaults():
+    # Stuck at twice the target: log(beta) grows by rate * log 2 (rate 0.2, under the 20 % limit).
+    assert beta_update(1e-6, 2000.0, 2000.0, 1000.0) == pytest.approx(1e-6 * 2**0.2, rel=1e-12)
+    # Stuck at half the target: the rate term is RECOVERY (4) times stronger, then limited to a factor 1.2.
+    assert beta_update(1e-6, 500.0, 500.0, 1000.0, max_factor=4.0) == pytest.approx(1e-6 * 0.5**0.8, rel=1e-12)
+    assert beta_update(1e-6, 500.0, 500.0, 1000.0) == pytest.approx(1e-6 / 1.2, rel=1e-12)
+    # Falling from 4x to 2x: damping log(2) - log(4) plus 0.2 * log 2.
+    assert beta_update(1e-6, 2000.0, 4000.0, 1000.0, max_factor=4.0) == pytest.approx(1e-6 * 2**-0.8, rel=1e-12)
+    # The gain scales the whole step.
+    assert beta_update(1e-6, 2000.0, 2000.0, 1000.0, gain=0.5) == pytest.approx(1e-6 * 2**0.1, rel=1e-12)
+    # Far off: one step is at most the default factor 1.2 either way; beta stays in [1e-12, 1].
+    assert beta_update(1e-6, 1e6, 1e6, 1000.0) == pytest.approx(1.2e-6, rel=1e-12)
+    assert beta_update(1e-6, 1.0, 1.0, 1000.0) == pytest.approx(1e-6 / 1.2, rel=1e-12)
+    assert beta_update(0.9, 1e6, 1e6, 1000.0) == 1.0
+    assert beta_update(1.1e-12, 1.0, 1.0, 1000.0) == 1e-12
+
+
+def test_beta_update_dead_band_edges_and_missing_measurements():
+    # The dead band holds its edge (|ebops / target - 1| <= tolerance): only the damping term acts.
+    assert beta_update(1e-6, 1500.0, 1500.0, 1000.0, tolerance=0.5) == 1e-6
+    assert beta_update(1e-6, 1500.0, 1500.0, 1000.0, tolerance=0.25, max_factor=4.0) == pytest.approx(
+        1e-6 * 1.5**0.2, rel=1e-12
+    )
+    assert beta_update(1e-6, 750.0, 750.0, 1000.0, tolerance=0.25) == 1e-6  # below the target too
+    # The default band is 2 %: 3 % above the target is outside it.
+    assert beta_update(1e-6, 1030.0, 1030.0, 1000.0) == pytest.approx(1e-6 * 1.03**0.2, rel=1e-12)
+    # No earlier measurement (None or not positive): no damping term.
+    for before in (None, 0.0, -5.0):
+        assert beta_update(1e-6, 2000.0, before, 1000.0) == pytest.approx(1e-6 * 2**0.2, rel=1e-12)
+    # No measurement now (zero, negative or not finite): beta unchanged.
+    for now in (0.0, -1.0, math.inf, math.nan):
+        assert beta_update(3e-6, now, 2000.0, 1000.0) == 3e-6
+
+
+def test_beta_target_steps_once_per_epoch_after_its_warmup():
+    model = _tiny_model()
+    target = BetaTarget(1000.0, beta_init=1e-6, warmup=2, max_factor=4.0)
+    target.set_model(model)
+    target.on_train_begin()
+    assert _layer_betas(model) == [np.float32(1e-6)] * 2
+    betas = []
+    for epoch, ebops in enumerate([2000.0, 2000.0, 2000.0, 2000.0]):
+        logs = {'ebops': ebops}
+        target.on_epoch_end(epoch, logs)
+        betas.append(logs['beta'])  # the value used during the epoch
+    # Warm-up of 2 epochs at beta_init; then a step per epoch of 0.2 * log 2 (no change of EBOPs).
+    assert betas[:3] == [1e-6] * 3
+    assert betas[3] == pytest.approx(1e-6 * 2**0.2, rel=1e-12)
+    assert target.beta == pytest.approx(1e-6 * 2**0.4, rel=1e-12)
+    assert _layer_betas(model) == pytest.approx([1e-6 * 2**0.4] * 2, rel=1e-6)
+
+
+def test_beta_target_uses_the_documented_controller_defaults():
+    target = BetaTarget(1000.0)
+    assert (target.beta_init, target.warmup) == (1e-6, 0)
+    assert target.settings == dict(gain=1.0, rate=0.2, max_factor=1.2, tolerance=0.02, beta_min=1e-12, beta_max=1.0)
+
+
+@pytest.mark.parametrize(
+    'kwargs',
+    [
+        {'beta_init': 1e-12},
+        {'beta_init': 1.0},
+        {'rate': 1.0},
+        {'tolerance': 0.0},
+        {'warmup': 0},
+        {'beta_min': 1e-9, 'beta_init': 1e-9},
+    ],
+)
+def test_beta_target_accepts_the_edges_of_its_settings(kwargs):
+    BetaTarget(1000.0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    'kwargs, bad',
+    [
+        ({'gain': 0.0}, 'gain'),
+        ({'rate': 1.5}, 'rate'),
+        ({'tolerance': -0.01}, 'tolerance'),
+        ({'beta_min': 0.0}, 'beta_min'),
+        ({'beta_min': 1.0, 'beta_init': 1.0}, 'beta_min'),
+        ({'warmup': -1}, 'warmup'),
+        ({'beta_init': 1e-13}, 'beta_init'),
+    ],
+)
+def test_beta_target_names_each_bad_setting(kwargs, bad):
+    with pytest.raises(ValueError, match=f'BetaTarget: invalid {bad} '):
+        BetaTarget(1000.0, **kwargs)
+
+
+def test_beta_schedule_interpolates_between_its_points_and_holds_outside():
+    schedule = BetaSchedule([(2, 1e-6), (4, 3e-6), (8, 1e-6)])
+    assert [schedule(e) for e in (0, 2, 3, 4, 6, 8, 10)] == pytest.approx([1e-6, 1e-6, 2e-6, 3e-6, 2e-6, 1e-6, 1e-6])
+    log = BetaSchedule([(1, 1e-6), (3, 1e-4)], interpolation='log')
+    assert log(2) == pytest.approx(1e-5, rel=1e-12) and log(0) == 1e-6 and log(5) == 1e-4
+    assert BetaSchedule(0).points == [(0.0, 0.0)] and BetaSchedule(3).current == 3.0  # integers and zero allowed
+    with pytest.raises(ValueError, match='finite'):
+        BetaSchedule([(0, math.inf)])
+
+
+def test_beta_schedule_sets_and_logs_the_value_of_each_epoch():
+    model = _tiny_model()
+    schedule = BetaSchedule([(0, 0.0), (4, 4e-6)])
+    schedule.set_model(model)
+    for epoch in range(3):
+        schedule.on_epoch_begin(epoch)
+        logs = {'ebops': 1.0}
+        schedule.on_epoch_end(epoch, logs)
+        assert logs == {'ebops': 1.0, 'beta': epoch * 1e-6}
+        assert _layer_betas(model) == pytest.approx([epoch * 1e-6] * 2, rel=1e-6)
+    schedule.on_epoch_end(3, None)  # no logs: nothing to write into
+
+
+def test_beta_warmup_scales_each_layer_by_the_epoch_fraction_and_clips_it():
+    warmup = BetaWarmup(4)
+    assert [warmup.scale(e) for e in (-2, 0, 1, 4, 9)] == [0.0, 0.0, 0.25, 1.0, 1.0]
+    model = _tiny_model()
+    for layer, beta in zip(h_layers(model), (2e-6, 4e-6), strict=True):
+        layer.beta.assign(beta)
+    warmup.set_model(model)
+    warmup.on_train_begin()
+    warmup.on_epoch_begin(1)
+    logs = {'ebops': 1.0}
+    warmup.on_epoch_end(1, logs)
+    assert logs['beta_scale'] == 0.25
+    assert _layer_betas(model) == pytest.approx([0.5e-6, 1e-6], rel=1e-6)
+    warmup.on_train_end()
+    assert _layer_betas(model) == pytest.approx([2e-6, 4e-6], rel=1e-6)
+    with pytest.raises(ValueError, match='epochs must be an int >= 1'):
+        BetaWarmup(0)
+    BetaWarmup(1)
+
+
+def _paces(model):
+    """Per quantizer (activation ones first per layer): the scale of its bitwidth steps."""
+    return {
+        q.name: [float(keras.ops.convert_to_numpy(s.scale)) for s in q._scaled_steps]
+        for layer in h_layers(model)
+        for q in layer.quantizers
+    }
+
+
+@pytest.mark.parametrize('weights', [False, True])
+def test_settle_bits_freezes_from_epoch_total_minus_epochs_and_restores(weights):
+    model = _tiny_model()
+    configured = _paces(model)
+    settle = SettleBits(2, weights=weights)
+    settle.set_model(model)
+    settle.set_params({'epochs': 5})
+    settle.on_train_begin()
+    frozen_names = {
+        q.name for layer in h_layers(model) for q in (layer.quantizers if weights else layer.activation_quantizers)
+    }
+    for epoch in range(5):
+        settle.on_epoch_begin(epoch)
+        frozen = epoch >= 3
+        for name, scales in _paces(model).items():
+            expected = [0.0] * len(scales) if frozen and name in frozen_names else configured[name]
+            assert scales == expected, (epoch, name)
+    settle.on_train_end()
+    assert _paces(model) == configured
+    assert settle._frozen is None
+    SettleBits(0)
+    with pytest.raises(ValueError, match='epochs must be an int >= 0'):
+        SettleBits(-1)

@@ -10,15 +10,26 @@ parallel logic does), but only for the logic that reaches an output: synthesis r
 convolution position that a ``valid`` pooling window leaves out, a channel whose next-layer weights are all zero,
 an element the next quantizer gives 0 bits), so the terms leave it out too (:func:`live_masks`).
 
-=================  ======================================================================================
-term               per kernel layer (``nz``: 1 where the quantized weight or the activation is non-zero)
-=================  ======================================================================================
-``ebops``          ``sum op(bits(a), bits(w))`` (all output positions; other H-layers: their EBOPs)
-``adder_bits``     ``sum op(bits(a), nz(w))``: width of the addends, one per non-zero weight
-``weight_bits``    ``sum op(nz(a), bits(w))``: growth of the partial sums by the weights' spans
-``act_bits``       ``sum bits(a)`` over every activation quantizer but the model input's: requantization
-``pool_bits``      ``sum bits(a)`` over every window of a max pooling layer: its comparators and multiplexers
-=================  ======================================================================================
+====================  ======================================================================================
+term                  per kernel layer (``nz``: 1 where the quantized weight or the activation is non-zero)
+====================  ======================================================================================
+``ebops``             ``sum op(bits(a), bits(w))`` (all output positions; other H-layers: their EBOPs)
+``adder_bits``        ``sum op(bits(a), nz(w))``: width of the addends, one per non-zero weight
+``weight_bits``       ``sum op(nz(a), bits(w))``: growth of the partial sums by the weights' spans
+``act_bits``          ``sum bits(a)`` over every activation quantizer but the model input's: requantization
+``pool_bits``         ``sum bits(a)`` over every window of a max pooling layer: its comparators and multiplexers
+``sat_round_bits``    ``sum width(x)`` over every element a saturating (``SAT``, ``SAT_SYM``) or ties-to-even
+                      (``RND_CONV``) quantizer requantizes: the width of the value it reads (a kernel layer's
+                      accumulator, or the model input's port), which its comparator and tie/increment logic span
+====================  ======================================================================================
+
+Truncation, wrapping and round-half-up cost no logic of their own (wiring, or a constant folded into the adders),
+so ``act_bits`` alone prices them; saturation and ties to even compare and increment the whole incoming value. The
+incoming width is the accumulator's (its range from the input formats and the quantized weights and bias, its
+fractional bits from the finest input-weight product) where the quantizer reads a kernel layer's output (through
+``Flatten``/``Reshape`` at most), or the input port's, as :func:`hgq.rtl.trace.trace_model` lays it out, where it
+reads the model input. Behind other layers (pooling, activations, merges) the value is already quantized and is
+not counted.
 
 :data:`LUT_COEFFICIENTS` (fitted by ``benchmarks/fit_cost.py`` on trained models synthesized with yosys, no
 intercept) turn the terms into LUTs: :func:`lut_estimate`. :func:`lut_cost` is the same sum on the differentiable
@@ -30,7 +41,7 @@ Examples
 >>> hgq.cost.lut_estimate(model)                 # doctest: +SKIP
 5123.0
 >>> hgq.cost.cost_terms(model)                   # doctest: +SKIP
-{'ebops': 4100.0, 'adder_bits': 2210.0, 'weight_bits': 1830.0, 'act_bits': 120.0, 'pool_bits': 0.0}
+{'ebops': 4100.0, 'adder_bits': 2210.0, 'weight_bits': 1830.0, 'act_bits': 120.0, 'pool_bits': 0.0, ...}
 """
 
 from __future__ import annotations
@@ -52,11 +63,12 @@ from hgq.layers.merge import HConcatenate, HMerge
 from hgq.layers.pooling import HGlobalAveragePooling, HPooling
 from hgq.layers.quantize import HQuantize
 from hgq.layers.windows import sliding_windows
+from hgq.quantizer import ActivationQuantizer
 
 __all__ = ['COST_TERMS', 'LUT_COEFFICIENTS', 'cost_terms', 'lut_estimate', 'lut_cost', 'LUTPenalty', 'LUTLogger']
 __all__ += ['live_masks']
 
-COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits', 'pool_bits')
+COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits', 'pool_bits', 'sat_round_bits')
 
 #: LUTs per unit of each term: fitted by ``benchmarks/fit_cost.py`` against yosys ``synth_xilinx -family xcup``
 #: (see benchmarks/README.md for the models and the errors).
@@ -66,6 +78,7 @@ LUT_COEFFICIENTS: dict[str, float] = {
     'weight_bits': 0.707,
     'act_bits': 0.0,
     'pool_bits': 1.0583,
+    'sat_round_bits': 0.0,
 }
 
 
@@ -106,15 +119,22 @@ def _graph(model: keras.Model) -> _Graph | None:
     """``(layer, input tensors, output tensor)`` in call order, for a model whose layers are each called once.
 
     Sequential and functional models alike (a built Sequential model has symbolic inputs and outputs too); a
-    functional model may branch and merge. None for other models (subclassed, nested models, shared layers,
-    several inputs or outputs).
+    functional model may branch and merge. A Sequential model is the chain of its layers: a loaded one has called
+    its first layers once more for every layer added after them (``layer.input`` shows the first of those calls,
+    not the model's graph). None for other models (subclassed, nested models, shared layers, several inputs or
+    outputs).
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if not layers or any(isinstance(layer, keras.Model) for layer in layers):
         return None
+    if len({id(layer) for layer in layers}) != len(layers):  # a layer called twice in the model (shared)
+        return None
     try:
         if len(model.inputs) != 1 or len(model.outputs) != 1:
             return None
+        if isinstance(model, keras.Sequential):
+            tensors = [model.inputs[0], *(layer.output for layer in layers[:-1]), model.outputs[0]]
+            return [(layer, [tensors[n]], tensors[n + 1]) for n, layer in enumerate(layers)]
         graph = [(layer, _as_list(layer.input), layer.output) for layer in layers]
     except (AttributeError, ValueError):  # a subclassed model: no symbolic graph
         return None
@@ -303,12 +323,143 @@ def _pool_bits(layer: HPooling, exact: bool, live: Any) -> Any:
     return ops.sum(ops.take(bits, in_index, axis=0) * ops.take(live, out_index, axis=0))
 
 
+# -- saturating and ties-to-even requantization ----------------------------------------------------------------------
+
+_NO_BITS = -1e4  # fractional bits of "no contribution" (a finite stand-in for -inf)
+
+
+def _is_logic_requantizer(q: Any) -> bool:
+    """Whether requantizing with ``q`` is logic of its own: saturation, or rounding ties to even."""
+    return isinstance(q, ActivationQuantizer) and (q.overflow_mode != 'WRAP' or q.round_mode == 'RND_CONV')
+
+
+def _kif(q: ActivationQuantizer, exact: bool) -> tuple[Any, Any, Any]:
+    """``(k, i, f)`` of every element (per-sample shape) as float tensors, without gradient."""
+    if exact:
+        return tuple(ops.convert_to_tensor(a.astype(np.float32)) for a in q.kif())  # type: ignore[return-value]
+    k, i = q.ki()
+    return tuple(ops.stop_gradient(ops.broadcast_to(a, q.shape)) for a in (k, i, q.f_int))  # type: ignore
+
+
+def _port_kif(q: ActivationQuantizer, exact: bool) -> tuple[Any, Any, Any]:
+    """Format of the input ports the logic tracer lays out for a quantizer that reads the model input.
+
+    Signed, one integer bit above the widest element, the element's fractional bits plus 2 (ties to even: a
+    rounding bit and a sticky bit) or 1 (half up).
+    """
+    k, i, f = _kif(q, exact)
+    extra = 2.0 if q.round_mode == 'RND_CONV' else 1.0 if q.round_mode == 'RND' else 0.0
+    return ops.ones_like(k), ops.zeros_like(i) + ops.max(i) + 1.0, f + extra
+
+
+def _ceil_log2(x: Any) -> Any:
+    return ops.ceil(ops.log2(ops.maximum(x, 1e-30)))
+
+
+def _accumulator_kif(layer: HKernelLayer, exact: bool) -> tuple[Any, Any, Any]:
+    """Format ``(k, i, f)`` of every output element of a kernel layer (after its ``relu``), per-sample shape.
+
+    The range is the interval sum of the quantized weights and bias over the input formats' ranges; the fractional
+    bits are those of the finest product of a non-zero weight and a live input (for a convolution: the finest input
+    times the finest weight of the output channel, a bound). No gradient.
+    """
+    k, i, f = _kif(layer.input_quantizer, exact)
+    live = ops.greater(k + i + f, 0.0)
+    hi = ops.expand_dims(ops.where(live, 2.0**i - 2.0 ** (-f), 0.0), 0)
+    lo = ops.expand_dims(ops.where(live, -k * 2.0**i, 0.0), 0)
+    kernel = ops.stop_gradient(ops.convert_to_tensor(layer.qkernel))
+    positive, negative = ops.relu(kernel), -ops.relu(-kernel)
+    hi_out = (layer.apply_kernel(hi, positive) + layer.apply_kernel(lo, negative))[0]
+    lo_out = (layer.apply_kernel(lo, positive) + layer.apply_kernel(hi, negative))[0]
+    f_w = ops.stop_gradient(ops.broadcast_to(layer.kernel_quantizer.f_int, kernel.shape))
+    f_w = ops.where(ops.not_equal(kernel, 0.0), f_w, _NO_BITS)
+    f_in = ops.where(live, f, _NO_BITS)
+    if isinstance(layer, HConv):
+        f_out = ops.max(f_in) + ops.max(ops.reshape(f_w, (-1, layer.units_out)), axis=0)
+    else:
+        f_out = ops.max(ops.expand_dims(f_in, -1) + f_w, axis=-2)
+    bias = layer.qbias
+    if bias is not None:
+        bias = ops.stop_gradient(ops.convert_to_tensor(bias))
+        hi_out, lo_out = hi_out + bias, lo_out + bias
+        f_b = ops.stop_gradient(ops.broadcast_to(layer.bias_quantizer.f_int, bias.shape))
+        f_out = ops.maximum(f_out, ops.where(ops.not_equal(bias, 0.0), f_b, _NO_BITS))
+    f_out = ops.broadcast_to(f_out, hi_out.shape)
+    f_out = ops.where(f_out > _NO_BITS / 2, f_out, 0.0)  # nothing but zeros: a constant 0
+    if layer.activation == 'relu':
+        hi_out, lo_out = ops.relu(hi_out), ops.relu(lo_out)
+    negative_part = ops.less(lo_out, 0.0)
+    i_out = ops.maximum(_ceil_log2(hi_out + 2.0 ** (-f_out)), ops.where(negative_part, _ceil_log2(-lo_out), _NO_BITS))
+    constant = ops.less_equal(hi_out, lo_out)  # a constant (nothing but zeros reaches it): no bits
+    k_out = ops.where(constant, 0.0, ops.cast(negative_part, 'float32'))
+    return k_out, ops.where(constant, 0.0, i_out), ops.where(constant, 0.0, f_out)
+
+
+def _producers(model: keras.Model) -> dict[int, list[keras.layers.Layer | None]]:
+    """Id of a layer -> the layer that made each of its inputs (None: the model input); empty if not followed."""
+    graph = _graph(model) or []
+    made_by = {id(output): layer for layer, _, output in graph}
+    return {id(layer): [made_by.get(id(t)) for t in inputs] for layer, inputs, _ in graph}
+
+
+def _incoming_kif(
+    layer: keras.layers.Layer | None, producers: dict[int, list[keras.layers.Layer | None]], exact: bool
+) -> tuple[Any, ...] | None:
+    """Format of the output of ``layer`` if it is a kernel layer or an ``HQuantize`` (seen through Flatten and
+    Reshape), else None."""
+    shape = None if layer is None else _per_sample(layer.output)
+    while isinstance(layer, keras.layers.Flatten | keras.layers.Reshape):
+        layer = producers.get(id(layer), [None])[0]
+    if isinstance(layer, HKernelLayer):
+        kif = _accumulator_kif(layer, exact)
+    elif isinstance(layer, HQuantize):
+        kif = _kif(layer.input_quantizer, exact)
+    else:
+        return None
+    return tuple(ops.reshape(a, shape) for a in kif)
+
+
+def _requantized_width(kif_in: tuple[Any, Any, Any], q: ActivationQuantizer, exact: bool) -> Any:
+    """Width of every incoming element where ``q`` saturates or rounds ties to even, else 0.
+
+    A format ``q`` holds whole (no bit to round off, no integer bit or sign to clip) is wiring.
+    """
+    k_in, i_in, f_in = kif_in
+    k, i, f = _kif(q, exact)
+    width = ops.relu(k_in + i_in + f_in)
+    rounds = q.round_mode == 'RND_CONV'
+    needed = ops.logical_and(ops.greater(f_in, f), rounds)
+    if q.overflow_mode != 'WRAP':
+        needed = ops.logical_or(needed, ops.logical_or(ops.greater(i_in, i), ops.greater(k_in, k)))
+    return ops.where(needed, width, 0.0)
+
+
+def _sat_round_bits(layer: HLayer, n: int, reads_input: bool, producers: dict, exact: bool, used: Any) -> Any:
+    """``sat_round_bits`` of the ``n``-th activation quantizer of ``layer`` (0 where it is wiring)."""
+    q = layer.activation_quantizers[n]
+    if not _is_logic_requantizer(q):
+        return 0.0
+    if reads_input:
+        kif_in = _port_kif(q, exact)
+    else:
+        made_by = producers.get(id(layer))
+        if made_by is None:  # a model the graph analysis does not follow
+            return 0.0
+        producer = made_by[n] if len(made_by) == len(layer.activation_quantizers) else made_by[0]
+        kif_in = _incoming_kif(producer, producers, exact)
+        if kif_in is None:
+            return 0.0
+    nz_out = ops.clip(_input_bits(layer, q, exact), 0.0, 1.0)
+    return ops.sum(ops.stop_gradient(_requantized_width(kif_in, q, exact)) * nz_out * used)
+
+
 def _terms(model: keras.Model, exact: bool) -> dict[str, Any]:
     if not model.built:
         raise ValueError(f'model {model.name!r} is not built; call it on data or give it an Input first')
     totals: dict[str, Any] = dict.fromkeys(COST_TERMS, 0.0)
     skip = _input_quantizers(model)
     masks = _live_masks(model, exact)
+    producers = _producers(model)
     for layer in all_layers(model):
         if not isinstance(layer, HLayer):
             continue
@@ -323,8 +474,10 @@ def _terms(model: keras.Model, exact: bool) -> dict[str, Any]:
             totals['pool_bits'] = totals['pool_bits'] + _pool_bits(layer, exact, live)
         quantizers = layer.activation_quantizers
         for n, q in enumerate(quantizers):
+            u = 1.0 if used is None else used[n] if len(used) == len(quantizers) else used[0]
+            sat_round = _sat_round_bits(layer, n, id(q) in skip, producers, exact, u)
+            totals['sat_round_bits'] = totals['sat_round_bits'] + sat_round
             if id(q) not in skip:
-                u = 1.0 if used is None else used[n] if len(used) == len(quantizers) else used[0]
                 totals['act_bits'] = totals['act_bits'] + ops.sum(_input_bits(layer, q, exact) * u)
     return totals
 

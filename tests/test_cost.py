@@ -39,8 +39,50 @@ def test_terms_counted_by_hand() -> None:
     adder = 3 * 1 + 3 * 1 + hidden_bits[0] * 1
     weight = 2 + 1 + 3
     expected = {'ebops': ebops, 'adder_bits': adder, 'weight_bits': weight, 'act_bits': hidden_bits[0], 'pool_bits': 0}
+    expected['sat_round_bits'] = 0  # WRAP and round-half-up only: wiring and constants folded into the adders
     assert terms == expected
     assert terms['ebops'] == hgq.ebops(model) - 3 * 1
+
+
+def _saturating_model(relu: bool) -> keras.Model:
+    """2 -> 1 -> 1 whose quantizers saturate (unsigned) and round ties to even, with hand-set formats and weights."""
+
+    def saturating(i: float, f: float) -> dict:
+        return {'overflow_mode': 'SAT', 'round_mode': 'RND_CONV', 'signed': False, 'i_init': i, 'f_init': f}
+
+    model = keras.Sequential([
+        keras.Input((2,)),
+        HQuantize(input_quantizer=saturating(1, 1)),
+        HDense(1, activation='relu' if relu else None, use_bias=False, input_quantizer=saturating(1, 1),
+               kernel_quantizer={'f_init': 2}),
+        HDense(1, use_bias=False, input_quantizer=saturating(1, 0), kernel_quantizer={'f_init': 1}),
+    ])  # fmt: skip
+    model.layers[1].kernel.assign(np.array([[0.75], [-0.5]], dtype='float32'))
+    model.layers[2].kernel.assign(np.array([[0.5]], dtype='float32'))
+    return model
+
+
+@pytest.mark.parametrize('relu', [True, False])
+def test_saturating_and_ties_to_even_requantization_counted_by_hand(relu: bool) -> None:
+    model = _saturating_model(relu)
+    # the model input: ports (signed, 1 + 1 integer bits, 1 + 2 fractional bits) -> 6 bits for each of 2 inputs
+    # the first dense layer's quantizer holds HQuantize's format (0, 1, 1) whole: wiring, nothing counted
+    # the second's reads the accumulator 0.75 a - 0.5 b, a and b in [0, 1.5]: [-0.75, 1.125] with 3 fractional bits;
+    # after relu [0, 1.125]: unsigned, 1 integer bit -> 4 bits (without relu: signed -> 5 bits), rounded to 0
+    accumulator = 4 if relu else 5
+    assert cost_terms(model)['sat_round_bits'] == 2 * 6 + accumulator
+    assert float(lut_cost(model, {'sat_round_bits': 1.0})) == pytest.approx(2 * 6 + accumulator)
+    wrapping = _two_layer_model()
+    assert cost_terms(wrapping)['sat_round_bits'] == 0
+
+
+def test_saturating_quantizer_that_drops_no_bit_costs_nothing() -> None:
+    """A saturating quantizer wider than the accumulator in range and precision is wiring."""
+    model = _saturating_model(relu=True)
+    q = model.layers[2].input_quantizer
+    q.i.assign(np.full(q.i.shape, 3.0, dtype='float32'))
+    q.f.assign(np.full(q.f.shape, 3.0, dtype='float32'))  # holds [0, 1.125] at 3 fractional bits whole
+    assert cost_terms(model)['sat_round_bits'] == 2 * 6
 
 
 def test_convolution_terms_count_every_output_position() -> None:
@@ -143,6 +185,21 @@ def test_shared_layers_and_layers_first_called_elsewhere_leave_every_element_liv
     built_by_a_call = keras.Sequential([HQuantize(name='q'), HDense(3, name='a'), HDense(2, name='b')])
     built_by_a_call(np.zeros((2, 5), dtype='float32'))
     assert sorted(live_masks(built_by_a_call)) == ['a', 'b', 'q']
+
+
+def test_a_saved_and_loaded_sequential_model_keeps_its_dead_logic_analysis(tmp_path) -> None:
+    """Loading calls a Sequential model's first layers again for every layer added: the chain is followed anyway."""
+    model = _conv_pool_model()
+    model.save(tmp_path / 'model.keras')
+    loaded = keras.models.load_model(tmp_path / 'model.keras', compile=False)
+    masks, loaded_masks = live_masks(model), live_masks(loaded)
+    assert sorted(loaded_masks) == sorted(masks) and len(masks) == 5
+    for name, (live, used) in masks.items():
+        assert np.array_equal(loaded_masks[name][0], live) and np.array_equal(loaded_masks[name][1], used)
+    assert cost_terms(loaded) == cost_terms(model)
+    saturating = _saturating_model(relu=True)
+    saturating.save(tmp_path / 'saturating.keras')
+    assert cost_terms(keras.models.load_model(tmp_path / 'saturating.keras')) == cost_terms(saturating)
 
 
 def test_differentiable_cost_equals_the_estimate_after_calibration_and_trains_a_cnn() -> None:

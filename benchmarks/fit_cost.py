@@ -1,16 +1,17 @@
-"""Fit ``hgq.cost`` (LUTs from EBOPs plus the terms EBOPs leaves out) against yosys on the models of
-``synth_models.py``, and compare with EBOPs alone and with da4ml's own estimate.
+"""Fit ``hgq.cost`` (LUTs from EBOPs plus the terms EBOPs leaves out) against yosys on every synthesized model, and
+compare with EBOPs alone and with da4ml's own estimate.
+
+The models: those of ``synth_models.py`` (``results/synth_models.jsonl``) and the front models of
+``synth_front.py`` (every tool's benchmark MLPs rebuilt from their dumps and synthesized, ``results/*_lut.json``;
+QKeras's saturate and round ties to even, which only the ``sat_round_bits`` term prices).
 
 Non-negative least squares on relative errors, no intercept. Reported per model: the in-sample error of every
 estimate, the leave-one-out error of ours (each model predicted by coefficients fitted on all the others) and the
 leave-family-out error (each model predicted by coefficients fitted on the other families only: a CNN by
-coefficients that never saw a CNN of its data set). The terms are recomputed from the saved models with the
-current ``hgq.cost.cost_terms`` (the rows' recorded terms may come from an older definition).
-Writes ``benchmarks/results/cost_fit.json`` and ``cost_fit.md``; the coefficients go into
-``hgq.cost.LUT_COEFFICIENTS`` by hand.
-
-Held out entirely: the front models of ``synth_front.py`` (every tool's benchmark MLPs rebuilt from their dumps,
-``results/<dataset>_lut.json``) are predicted by the coefficients fitted on the models above, never fitted on.
+coefficients that never saw a CNN of its data set, a QKeras model by coefficients that never saw a QKeras model).
+The terms are recomputed from the saved models and dumps with the current ``hgq.cost.cost_terms`` (the rows'
+recorded terms may come from an older definition). Writes ``benchmarks/results/cost_fit.json`` and
+``cost_fit.md``; the coefficients go into ``hgq.cost.LUT_COEFFICIENTS`` by hand.
 
 Diagnosis (``--no-overlap`` skips it): every model is traced again and each two-operand adder of the logic is
 split into the bit positions where both operands have bits (``overlap``: one LUT each on a carry chain) and those
@@ -66,8 +67,26 @@ def front_rows() -> list[dict]:
         for r in result['rows']:
             if r.get('lut') and r.get('mismatches') == 0 and r['equivalence']['mismatches'] == 0:
                 dump = LUT_DIR / 'dumps' / result['dataset'] / r['dump']
-                rows.append({**r, 'family': f'front {result["dataset"]} {r["tool"]}', 'dump_path': dump})
+                family = f'front {result["dataset"]} {r["tool"].split()[0]}'
+                rows.append({**r, 'family': family, 'dump_path': str(dump), 'estimate_lut': r['da4ml_estimate_lut']})
     return rows
+
+
+def load(row: dict) -> keras.Model:
+    """The model of a row: a saved ``.keras`` file (``synth_models.py``) or a rebuilt dump (``synth_front.py``)."""
+    if 'dump_path' in row:
+        return build_model(load_dump(Path(row['dump_path'])))
+    return keras.models.load_model(BENCH_DIR / row['model'], compile=False)
+
+
+def config(row: dict) -> str:
+    if row.get('config'):
+        return row['config']
+    return '-' if row.get('beta') is None else f'beta={row["beta"]:g}'
+
+
+def label(row: dict) -> str:
+    return f'{row["family"]} {config(row)} s{row["seed"]}'
 
 
 def fit(features: np.ndarray, lut: np.ndarray) -> np.ndarray:
@@ -81,15 +100,9 @@ def main() -> None:
     parser.add_argument('--no-overlap', action='store_true', help='skip the adder-overlap diagnosis (traces all)')
     args = parser.parse_args()
     rows = [json.loads(line) for line in (RESULTS_DIR / 'synth_models.jsonl').read_text().splitlines() if line]
-    rows = [r for r in rows if r['lut']]
+    rows = [r for r in rows if r['lut']] + front_rows()
     for r in rows:
-        model = keras.models.load_model(BENCH_DIR / r['model'], compile=False)
-        r['terms'] = cost_terms(model)
-        if not args.no_overlap:
-            r.update(adder_bits_split(model))
-    held_out = front_rows()
-    for r in held_out:
-        model = build_model(load_dump(Path(r.pop('dump_path'))))
+        model = load(r)
         r['terms'] = cost_terms(model)
         if not args.no_overlap:
             r.update(adder_bits_split(model))
@@ -109,6 +122,7 @@ def main() -> None:
 
     summary = {
         'n_models': len(rows),
+        'families': {f: int(np.sum(family == f)) for f in sorted(set(family))},
         'coefficients': dict(zip(COST_TERMS, coef.round(4).tolist(), strict=True)),
         'ebops_only_coefficient': round(float(ebops_coef[0]), 4),
         'max_abs_error': {
@@ -118,6 +132,10 @@ def main() -> None:
             'ebops_only': float(np.max(np.abs(err(ebops_only)))),
             'da4ml_estimate': float(np.max(np.abs(err(da4ml)))),
         },
+        'outside_10_percent': {
+            name: [label(rows[i]) for i in np.flatnonzero(np.abs(err(v)) > 0.1)]
+            for name, v in (('ours', ours), ('ours_leave_one_out', loo))
+        },
     }
     summary['error_range'] = {
         name: [round(float(np.min(err(v))), 4), round(float(np.max(err(v))), 4)]
@@ -126,56 +144,38 @@ def main() -> None:
     for r, o, lo, lf, e in zip(rows, ours, loo, lfo, ebops_only, strict=True):
         r.update(estimate_ours=float(o), estimate_ours_loo=float(lo), estimate_ours_lfo=float(lf))
         r.update(estimate_ebops_only=float(e))
-    for r in held_out:
-        r['estimate_ours_held_out'] = float(np.array([r['terms'][t] for t in COST_TERMS]) @ coef)
-        r['estimate_ebops_only'] = float(r['terms']['ebops'] * ebops_coef[0])
-    if held_out:
-        held_err = [r['estimate_ours_held_out'] / r['lut'] - 1 for r in held_out]
-        summary['held_out_fronts'] = {'n_models': len(held_out), 'error_range': [min(held_err), max(held_err)]}
     if not args.no_overlap:
-        per_overlap = [r['lut'] / r['overlap_bits'] for r in rows + held_out]
-        per_span = [r['lut'] / r['span_bits'] for r in rows + held_out]
+        per_overlap = [r['lut'] / r['overlap_bits'] for r in rows]
+        per_span = [r['lut'] / r['span_bits'] for r in rows]
         summary['lut_per_adder_bit'] = {
             'overlap': [round(min(per_overlap), 3), round(max(per_overlap), 3)],
             'span': [round(min(per_span), 3), round(max(per_span), 3)],
         }
-    models = {'summary': summary, 'models': rows, 'held_out_fronts': held_out}
+    models = {'summary': summary, 'models': rows}
     (RESULTS_DIR / 'cost_fit.json').write_text(json.dumps(models, indent=1, default=str) + '\n')
 
     lines = [
-        '| family | beta | seed | test acc | EBOPs | yosys LUT | ours (err) | leave-one-out | leave-family-out | '
-        'c x EBOPs (err) | da4ml estimate (err) |',
-        '|---|---|---|---|---|---|---|---|---|---|---|',
+        '| family | config | seed | test acc | EBOPs | sat/round bits | yosys LUT | ours (err) | leave-one-out | '
+        'leave-family-out | c x EBOPs (err) | da4ml estimate (err) |',
+        '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     order = sorted(range(len(rows)), key=lambda i: (rows[i]['family'], rows[i]['lut']))
     for i in order:
         r = rows[i]
-        beta = '-' if r['beta'] is None else format(r['beta'], 'g')
         lines.append(
-            f'| {r["family"]} | {beta} | {r["seed"]} | {r["test_accuracy"]:.4f} | {r["ebops"]:,.0f} | '
-            f'{r["lut"]:,} | {ours[i]:,.0f} ({err(ours)[i]:+.1%}) | {err(loo)[i]:+.1%} | {err(lfo)[i]:+.1%} | '
-            f'{ebops_only[i]:,.0f} ({err(ebops_only)[i]:+.1%}) | {da4ml[i]:,.0f} ({err(da4ml)[i]:+.1%}) |'
+            f'| {r["family"]} | {config(r)} | {r["seed"]} | {r["test_accuracy"]:.4f} | {r["ebops"]:,.0f} | '
+            f'{r["terms"]["sat_round_bits"]:,.0f} | {r["lut"]:,} | {ours[i]:,.0f} ({err(ours)[i]:+.1%}) | '
+            f'{err(loo)[i]:+.1%} | {err(lfo)[i]:+.1%} | {ebops_only[i]:,.0f} ({err(ebops_only)[i]:+.1%}) | '
+            f'{da4ml[i]:,.0f} ({err(da4ml)[i]:+.1%}) |'
         )
-    if held_out:
-        lines += ['', 'Held out: front models of every tool, predicted by the coefficients above (never fitted on).']
-        lines += ['']
-        lines += ['| family | config | seed | test acc | EBOPs | yosys LUT | ours (err) | c x EBOPs (err) |']
-        lines += ['|---|---|---|---|---|---|---|---|']
-        for r in sorted(held_out, key=lambda r: (r['family'], r['lut'])):
-            o, e = r['estimate_ours_held_out'], r['estimate_ebops_only']
-            lines.append(
-                f'| {r["family"]} | {r["config"]} | {r["seed"]} | {r["test_accuracy"]:.4f} | {r["ebops"]:,.0f} | '
-                f'{r["lut"]:,} | {o:,.0f} ({o / r["lut"] - 1:+.1%}) | {e:,.0f} ({e / r["lut"] - 1:+.1%}) |'
-            )
     if not args.no_overlap:
         lines += ['', 'Adders of the traced logic: bit positions where both operands have bits (overlap) and in all.']
         lines += ['']
         lines += ['| family | config | yosys LUT | overlap bits | LUT / overlap bit | span bits | LUT / span bit |']
         lines += ['|---|---|---|---|---|---|---|']
-        for r in sorted(rows + held_out, key=lambda r: (r['family'], r['lut'])):
-            config = r.get('config') or f'beta={r.get("beta")}'
+        for r in sorted(rows, key=lambda r: (r['family'], r['lut'])):
             lines.append(
-                f'| {r["family"]} | {config} | {r["lut"]:,} | {r["overlap_bits"]:,} | '
+                f'| {r["family"]} | {config(r)} | {r["lut"]:,} | {r["overlap_bits"]:,} | '
                 f'{r["lut"] / r["overlap_bits"]:.3f} | {r["span_bits"]:,} | {r["lut"] / r["span_bits"]:.3f} |'
             )
     (RESULTS_DIR / 'cost_fit.md').write_text('\n'.join(lines) + '\n')

@@ -2,7 +2,9 @@
 
 The models are the benchmark MLPs of ``train_hgq.py`` (same data split, size, optimizer, epochs and batch size)
 and small CNNs (digits: ``HConv2D(6, 3) -> HMaxPooling2D(2) -> HDense``; Fashion-MNIST: a strided
-``HConv2D(4, 3, strides=2) -> HMaxPooling2D(2) -> HDense``, few filters so that yosys can flatten it). Each
+``HConv2D(4, 3, strides=2) -> HMaxPooling2D(2) -> HDense``, few filters so that yosys can flatten it), and
+``digits_mlp_sat``: the digits MLP with unsigned saturating quantizers that round ties to even (``SAT``,
+``RND_CONV``, as QKeras's ``quantized_relu``) whose integer and fractional bits are learned. Each
 trained and calibrated model is saved to ``benchmarks/work/synth/<family>/`` and ``hgq.synth`` writes its Verilog
 and ``synth.json`` next to it; one line per model is appended to ``benchmarks/results/synth_models.jsonl``
 (family, beta, seed, accuracy, EBOPs, yosys LUTs, da4ml's estimate, mismatches, times, and the terms of
@@ -12,6 +14,7 @@ Run in the hgq venv (needs yosys and iverilog)::
 
     python benchmarks/prepare_data.py --fashion
     nice python benchmarks/synth_models.py --family digits_mlp --seeds 0 1
+    nice python benchmarks/synth_models.py --family digits_mlp_sat --betas 1e-4 1e-5 3e-6 --seeds 0
     nice python benchmarks/synth_models.py --family fashion_mlp --betas 3e-6 1e-5 3e-5 1e-4 3e-4 --seeds 0
     nice python benchmarks/synth_models.py --family digits_cnn --betas 1e-6 1e-5 1e-4 3e-4 --seeds 0
     nice python benchmarks/synth_models.py --family fashion_cnn --betas 1e-4 3e-5 1e-5 --seeds 0
@@ -38,6 +41,7 @@ from hgq.layers import HConv2D, HDense, HMaxPooling2D, HQuantize
 
 FAMILIES = {
     'digits_mlp': 'digits',
+    'digits_mlp_sat': 'digits',
     'fashion_mlp': 'fashion_mnist',
     'digits_cnn': 'digits',
     'fashion_cnn': 'fashion_mnist',
@@ -45,6 +49,8 @@ FAMILIES = {
 }
 IMAGE_SHAPES = {'digits': (8, 8, 1), 'fashion_mnist': (28, 28, 1)}
 RESULTS_FILE = RESULTS_DIR / 'synth_models.jsonl'
+#: activation quantizer of ``digits_mlp_sat`` (its inputs are >= 0: data in [0, 1], relu outputs)
+SATURATING = {'overflow_mode': 'SAT', 'round_mode': 'RND_CONV', 'signed': False, 'i_init': 2.0}
 
 
 def build(family: str, n_in: int, hidden: int, n_out: int, beta: float) -> keras.Model:
@@ -65,6 +71,13 @@ def build(family: str, n_in: int, hidden: int, n_out: int, beta: float) -> keras
             HMaxPooling2D(2, beta=beta),
             keras.layers.Flatten(),
             HDense(n_out, beta=beta),
+        ])  # fmt: skip
+    if family == 'digits_mlp_sat':  # unsigned, saturating, ties to even (QKeras's quantized_relu), learned widths
+        return keras.Sequential([
+            keras.Input((n_in,)),
+            HQuantize(beta=beta, input_quantizer=SATURATING),
+            HDense(hidden, activation='relu', beta=beta, input_quantizer=SATURATING),
+            HDense(n_out, beta=beta, input_quantizer=SATURATING),
         ])  # fmt: skip
     return keras.Sequential([
         keras.Input((n_in,)),

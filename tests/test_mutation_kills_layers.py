@@ -90,11 +90,17 @@ def test_a_dense_bias_adds_its_magnitude_and_its_finer_step():
 
 
 def test_a_dense_input_element_of_width_zero_adds_nothing():
-    # Unsigned, i = 20, f = -20: k + i + f = 0, an element that is always zero; the other one is small.
-    model = _dense(2, [20, 4], [-20, 10], [[1.0], [1.0]], signed=False)
-    assert _needed(model) == []
-    _set_format(model.layers[-1].input_quantizer, [20, 4], [-19, 10])  # one bit: 2**20 in steps of 2**-10
-    assert _needed(model) == [31]
+    # Unsigned, i = 20, f = -20: k + i + f = 0, an element that is always zero, whatever its (large) weight.
+    model = _dense(2, [20, 4], [-20, 10], [[2.0**14], [1.0]], signed=False)
+    assert _needed(model) == []  # 2**4 in steps of 2**-10
+    _set_format(model.layers[-1].input_quantizer, [20, 4], [-19, 10])  # one bit: 2**20 * 2**14 in steps of 2**-10
+    assert _needed(model) == [45]  # (2**34 + 2**4) * 2**10 = 2**44 + 2**14
+
+
+def test_a_sum_below_one_in_fine_steps_is_counted_in_steps():
+    # Inputs up to 2**-4 in steps of 2**-20 times a weight of 21 significant bits (0.5 + 2**-20): the sum stays
+    # below 1 but needs 36 bits ((2**-5 + 2**-24) * 2**40 = 2**35 + 2**16).
+    assert _needed(_dense(1, -4, 20, [[0.5 + 2.0**-20]], kernel_f=20)) == [36]
 
 
 def test_a_convolution_takes_the_finest_input_step_of_each_input_channel():
@@ -116,6 +122,9 @@ def test_activation_formats_wider_than_float32_are_named_with_their_widest_forma
     assert _needed(model) == []
     _set_format(layer.input_quantizer, [10, -130, 12, 0], [15, 130, 15, 0])  # 25 and 27 bits
     assert _needed(model) == [27]
+    # One bit (k + i + f = 1) in a step of 2**-131, below float32's normal range: refused, though narrow.
+    _set_format(layer.input_quantizer, [0, -130, 2, 0], [0, 131, 2, 0])
+    assert _needed(model) == [1]
 
 
 def test_batch_normalization_needs_the_scaled_input_plus_the_offset():
@@ -153,6 +162,9 @@ def test_a_sum_adds_the_magnitudes_and_takes_the_finer_step():
     for layer in (HAdd(input_quantizer=_sat(4, 4)), HSubtract(input_quantizer=_sat(4, 4))):
         model = _merge_model(layer, (2,), [(10, [14, 0]), (9, [10, 0])])
         assert _needed(model) == [25]  # (2**10 + 2**9) * 2**14 = 2**24.58
+    # Steps are taken per element: the fine step of each input sits on an element where the sum is small.
+    model = _merge_model(HAdd(input_quantizer=_sat(4, 4)), (2,), [([10, 2], [0, 14]), ([9, 2], [10, 0])])
+    assert _needed(model) == []  # (2**10 + 2**9) * 2**10 and 8 * 2**14
 
 
 def test_average_pooling_sums_its_window_at_the_largest_magnitude_and_finest_step():

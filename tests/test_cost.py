@@ -76,6 +76,20 @@ def test_saturating_and_ties_to_even_requantization_counted_by_hand(relu: bool) 
     assert cost_terms(wrapping)['sat_round_bits'] == 0
 
 
+def test_saturating_model_trains_under_the_lut_penalty() -> None:
+    """The term works as a compiled training penalty (graph mode) and its gradient reaches the output bits."""
+    model = _saturating_model(relu=True)
+    x = np.random.default_rng(0).uniform(0, 1.5, size=(128, 2)).astype('float32')
+    q = model.layers[2].input_quantizer
+    with tf.GradientTape() as tape:
+        cost = lut_cost(model, {'sat_round_bits': 1.0})
+    (grad,) = tape.gradient(cost, [step_variable(q, q.f)])
+    assert grad is not None and np.all(np.asarray(grad) > 0)  # fewer bits of the requantized element: cheaper
+    model.compile(keras.optimizers.Adam(1e-2), LUTPenalty('mse', model, 1e-3))
+    history = model.fit(x, np.zeros((128, 1)), epochs=2, batch_size=32, verbose=0)
+    assert np.all(np.isfinite(history.history['loss']))
+
+
 def test_saturating_quantizer_that_drops_no_bit_costs_nothing() -> None:
     """A saturating quantizer wider than the accumulator in range and precision is wiring."""
     model = _saturating_model(relu=True)

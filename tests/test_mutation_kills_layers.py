@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from hgq.callbacks import BetaSchedule, BetaTarget, BetaWarmup, SettleBits, beta_update
-from hgq.ebops import h_layers
+from hgq.callbacks import BetaSchedule, BetaTarget, BetaWarmup, SettleBits, beta_update, log_ebops
+from hgq.ebops import ebops, h_layers
 from hgq.exactness import check_float32_exact, float32_problems
 from hgq.layers import (
     HAdd,
@@ -210,6 +210,11 @@ def _layer_betas(model):
     return [float(keras.ops.convert_to_numpy(layer.beta)) for layer in h_layers(model)]
 
 
+def test_log_ebops_without_logs_returns_the_exact_ebops():
+    model = _tiny_model()
+    assert log_ebops(model, None) == ebops(model) > 0
+
+
 def test_beta_update_is_the_documented_pi_step_with_its_defaults():
     # Stuck at twice the target: log(beta) grows by rate * log 2 (rate 0.2, under the 20 % limit).
     assert beta_update(1e-6, 2000.0, 2000.0, 1000.0) == pytest.approx(1e-6 * 2**0.2, rel=1e-12)
@@ -251,8 +256,8 @@ def test_beta_target_steps_once_per_epoch_after_its_warmup():
     target.on_train_begin()
     assert _layer_betas(model) == [np.float32(1e-6)] * 2
     betas = []
-    for epoch, ebops in enumerate([2000.0, 2000.0, 2000.0, 2000.0]):
-        logs = {'ebops': ebops}
+    for epoch, measured in enumerate([2000.0, 2000.0, 2000.0, 2000.0]):
+        logs = {'ebops': measured}
         target.on_epoch_end(epoch, logs)
         betas.append(logs['beta'])  # the value used during the epoch
     # Warm-up of 2 epochs at beta_init; then a step per epoch of 0.2 * log 2 (no change of EBOPs).
@@ -302,7 +307,9 @@ def test_beta_target_names_each_bad_setting(kwargs, bad):
 
 def test_beta_schedule_interpolates_between_its_points_and_holds_outside():
     schedule = BetaSchedule([(2, 1e-6), (4, 3e-6), (8, 1e-6)])
-    assert [schedule(e) for e in (0, 2, 3, 4, 6, 8, 10)] == pytest.approx([1e-6, 1e-6, 2e-6, 3e-6, 2e-6, 1e-6, 1e-6])
+    before = [schedule(e) for e in (0, 1, 1.5)]  # the first value holds before the first point
+    assert before == [1e-6] * 3
+    assert [schedule(e) for e in (2, 3, 4, 6, 8, 10)] == pytest.approx([1e-6, 2e-6, 3e-6, 2e-6, 1e-6, 1e-6])
     log = BetaSchedule([(1, 1e-6), (3, 1e-4)], interpolation='log')
     assert log(2) == pytest.approx(1e-5, rel=1e-12) and log(0) == 1e-6 and log(5) == 1e-4
     assert BetaSchedule(0).points == [(0.0, 0.0)] and BetaSchedule(3).current == 3.0  # integers and zero allowed

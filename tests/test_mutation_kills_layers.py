@@ -313,8 +313,9 @@ def test_beta_schedule_interpolates_between_its_points_and_holds_outside():
     log = BetaSchedule([(1, 1e-6), (3, 1e-4)], interpolation='log')
     assert log(2) == pytest.approx(1e-5, rel=1e-12) and log(0) == 1e-6 and log(5) == 1e-4
     assert BetaSchedule(0).points == [(0.0, 0.0)] and BetaSchedule(3).current == 3.0  # integers and zero allowed
-    with pytest.raises(ValueError, match='finite'):
-        BetaSchedule([(0, math.inf)])
+    for bad in ([(0, math.inf)], [(0, 1e-6), (5, -1e-6)], [(0, 1e-6), (5, math.nan)]):
+        with pytest.raises(ValueError, match='every beta must be finite and >= 0'):
+            BetaSchedule(bad)
 
 
 def test_beta_schedule_sets_and_logs_the_value_of_each_epoch():

@@ -19,17 +19,22 @@ term                  per kernel layer (``nz``: 1 where the quantized weight or 
 ``act_bits``          ``sum bits(a)`` over every activation quantizer but the model input's: requantization
 ``pool_bits``         ``sum bits(a)`` over every window of a max pooling layer: its comparators and multiplexers
 ``sat_round_bits``    ``sum width(x)`` over every element a saturating (``SAT``, ``SAT_SYM``) or ties-to-even
-                      (``RND_CONV``) quantizer requantizes: the width of the value it reads (a kernel layer's
-                      accumulator, or the model input's port), which its comparator and tie/increment logic span
+                      (``RND_CONV``) quantizer requantizes inside the logic: the width of the value it reads (a
+                      kernel layer's accumulator, or an ``HQuantize`` output), which its comparator and its tie and
+                      increment logic span
+``sat_round_in_bits`` the same for a quantizer that reads the model input: the width of its input port
 ====================  ======================================================================================
 
 Truncation, wrapping and round-half-up cost no logic of their own (wiring, or a constant folded into the adders),
 so ``act_bits`` alone prices them; saturation and ties to even compare and increment the whole incoming value. The
 incoming width is the accumulator's (its range from the input formats and the quantized weights and bias, its
 fractional bits from the finest input-weight product) where the quantizer reads a kernel layer's output (through
-``Flatten``/``Reshape`` at most), or the input port's, as :func:`hgq.rtl.trace.trace_model` lays it out, where it
-reads the model input. Behind other layers (pooling, activations, merges) the value is already quantized and is
-not counted.
+``Flatten``/``Reshape`` at most), the ``HQuantize`` format where it reads one, or the input port's, as
+:func:`hgq.rtl.trace.trace_model` lays it out (signed, one integer bit more, two fractional bits more), where it
+reads the model input. A port is counted apart: most of its extra bits are a fixed margin (sign, one integer bit, a
+rounding and a sticky bit) that costs less per bit than an accumulator's carries. Behind other layers (pooling,
+activations, merges) the value is already quantized and is not counted; a quantizer that holds the incoming format
+whole is wiring and is not counted either.
 
 :data:`LUT_COEFFICIENTS` (fitted by ``benchmarks/fit_cost.py`` on trained models synthesized with yosys, no
 intercept) turn the terms into LUTs: :func:`lut_estimate`. :func:`lut_cost` is the same sum on the differentiable
@@ -68,7 +73,7 @@ from hgq.quantizer import ActivationQuantizer
 __all__ = ['COST_TERMS', 'LUT_COEFFICIENTS', 'cost_terms', 'lut_estimate', 'lut_cost', 'LUTPenalty', 'LUTLogger']
 __all__ += ['live_masks']
 
-COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits', 'pool_bits', 'sat_round_bits')
+COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits', 'pool_bits', 'sat_round_bits', 'sat_round_in_bits')
 
 #: LUTs per unit of each term: fitted by ``benchmarks/fit_cost.py`` against yosys ``synth_xilinx -family xcup``
 #: (see benchmarks/README.md for the models and the errors).
@@ -79,6 +84,7 @@ LUT_COEFFICIENTS: dict[str, float] = {
     'act_bits': 0.0,
     'pool_bits': 1.0583,
     'sat_round_bits': 0.0,
+    'sat_round_in_bits': 0.0,
 }
 
 
@@ -435,7 +441,8 @@ def _requantized_width(kif_in: tuple[Any, Any, Any], q: ActivationQuantizer, exa
 
 
 def _sat_round_bits(layer: HLayer, n: int, reads_input: bool, producers: dict, exact: bool, used: Any) -> Any:
-    """``sat_round_bits`` of the ``n``-th activation quantizer of ``layer`` (0 where it is wiring)."""
+    """Incoming width summed over the elements the ``n``-th activation quantizer of ``layer`` saturates or rounds
+    ties to even (0 where it is wiring): ``sat_round_in_bits`` if it reads the model input, else ``sat_round_bits``."""
     q = layer.activation_quantizers[n]
     if not _is_logic_requantizer(q):
         return 0.0
@@ -475,8 +482,8 @@ def _terms(model: keras.Model, exact: bool) -> dict[str, Any]:
         quantizers = layer.activation_quantizers
         for n, q in enumerate(quantizers):
             u = 1.0 if used is None else used[n] if len(used) == len(quantizers) else used[0]
-            sat_round = _sat_round_bits(layer, n, id(q) in skip, producers, exact, u)
-            totals['sat_round_bits'] = totals['sat_round_bits'] + sat_round
+            term = 'sat_round_in_bits' if id(q) in skip else 'sat_round_bits'
+            totals[term] = totals[term] + _sat_round_bits(layer, n, id(q) in skip, producers, exact, u)
             if id(q) not in skip:
                 totals['act_bits'] = totals['act_bits'] + ops.sum(_input_bits(layer, q, exact) * u)
     return totals

@@ -39,7 +39,8 @@ def test_terms_counted_by_hand() -> None:
     adder = 3 * 1 + 3 * 1 + hidden_bits[0] * 1
     weight = 2 + 1 + 3
     expected = {'ebops': ebops, 'adder_bits': adder, 'weight_bits': weight, 'act_bits': hidden_bits[0], 'pool_bits': 0}
-    expected['sat_round_bits'] = 0  # WRAP and round-half-up only: wiring and constants folded into the adders
+    # WRAP and round-half-up only: wiring and constants folded into the adders
+    expected.update(sat_round_bits=0, sat_round_in_bits=0)
     assert terms == expected
     assert terms['ebops'] == hgq.ebops(model) - 3 * 1
 
@@ -70,10 +71,13 @@ def test_saturating_and_ties_to_even_requantization_counted_by_hand(relu: bool) 
     # the second's reads the accumulator 0.75 a - 0.5 b, a and b in [0, 1.5]: [-0.75, 1.125] with 3 fractional bits;
     # after relu [0, 1.125]: unsigned, 1 integer bit -> 4 bits (without relu: signed -> 5 bits), rounded to 0
     accumulator = 4 if relu else 5
-    assert cost_terms(model)['sat_round_bits'] == 2 * 6 + accumulator
-    assert float(lut_cost(model, {'sat_round_bits': 1.0})) == pytest.approx(2 * 6 + accumulator)
-    wrapping = _two_layer_model()
-    assert cost_terms(wrapping)['sat_round_bits'] == 0
+    terms = cost_terms(model)
+    assert (terms['sat_round_in_bits'], terms['sat_round_bits']) == (2 * 6, accumulator)
+    both = {'sat_round_bits': 1.0, 'sat_round_in_bits': 10.0}
+    assert float(lut_cost(model, both)) == pytest.approx(10 * 2 * 6 + accumulator)
+    assert lut_estimate(model, both) == pytest.approx(10 * 2 * 6 + accumulator)
+    wrapping = cost_terms(_two_layer_model())
+    assert wrapping['sat_round_bits'] == wrapping['sat_round_in_bits'] == 0
 
 
 def test_saturating_model_trains_under_the_lut_penalty() -> None:
@@ -96,7 +100,7 @@ def test_saturating_quantizer_that_drops_no_bit_costs_nothing() -> None:
     q = model.layers[2].input_quantizer
     q.i.assign(np.full(q.i.shape, 3.0, dtype='float32'))
     q.f.assign(np.full(q.f.shape, 3.0, dtype='float32'))  # holds [0, 1.125] at 3 fractional bits whole
-    assert cost_terms(model)['sat_round_bits'] == 2 * 6
+    assert cost_terms(model)['sat_round_bits'] == 0 and cost_terms(model)['sat_round_in_bits'] == 2 * 6
 
 
 def test_convolution_terms_count_every_output_position() -> None:

@@ -3,7 +3,8 @@ compare with EBOPs alone and with da4ml's own estimate.
 
 The models: those of ``synth_models.py`` (``results/synth_models.jsonl``) and the front models of
 ``synth_front.py`` (every tool's benchmark MLPs rebuilt from their dumps and synthesized, ``results/*_lut.json``;
-QKeras's saturate and round ties to even, which only the ``sat_round_bits`` term prices).
+QKeras's saturate and round ties to even, which only the ``sat_round_bits``/``sat_round_in_bits`` terms
+price).
 
 Non-negative least squares on relative errors, no intercept. Reported per model: the in-sample error of every
 estimate, the leave-one-out error of ours (each model predicted by coefficients fitted on all the others) and the
@@ -155,8 +156,8 @@ def main() -> None:
     (RESULTS_DIR / 'cost_fit.json').write_text(json.dumps(models, indent=1, default=str) + '\n')
 
     lines = [
-        '| family | config | seed | test acc | EBOPs | sat/round bits (port) | yosys LUT | ours (err) | leave-one-out | '
-        'leave-family-out | c x EBOPs (err) | da4ml estimate (err) |',
+        '| family | config | seed | test acc | EBOPs | sat/round bits (port) | yosys LUT | ours (err) | '
+        'leave-one-out | leave-family-out | c x EBOPs (err) | da4ml estimate (err) |',
         '|---|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     order = sorted(range(len(rows)), key=lambda i: (rows[i]['family'], rows[i]['lut']))
@@ -164,7 +165,8 @@ def main() -> None:
         r = rows[i]
         lines.append(
             f'| {r["family"]} | {config(r)} | {r["seed"]} | {r["test_accuracy"]:.4f} | {r["ebops"]:,.0f} | '
-            f'{r["terms"]["sat_round_bits"]:,.0f} ({r["terms"]["sat_round_in_bits"]:,.0f}) | {r["lut"]:,} | {ours[i]:,.0f} ({err(ours)[i]:+.1%}) | '
+            f'{r["terms"]["sat_round_bits"]:,.0f} ({r["terms"]["sat_round_in_bits"]:,.0f}) | {r["lut"]:,} | '
+            f'{ours[i]:,.0f} ({err(ours)[i]:+.1%}) | '
             f'{err(loo)[i]:+.1%} | {err(lfo)[i]:+.1%} | {ebops_only[i]:,.0f} ({err(ebops_only)[i]:+.1%}) | '
             f'{da4ml[i]:,.0f} ({err(da4ml)[i]:+.1%}) |'
         )

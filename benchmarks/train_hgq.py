@@ -17,7 +17,8 @@ count every multiplication, as the common counter and HGQ2's default do). Two wa
   front is dumped. Checkpoints are chosen on training data, never on the test set.
 
 Both end with :class:`hgq.callbacks.SettleBits`: the activation bitwidths are frozen for the last ``--settle``
-epochs (default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats.
+epochs (default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats; runs
+with another number are named ``..., settle N`` (``--settle 0``: no ``SettleBits``).
 Constant-``beta`` runs of ``--warmup-betas`` start with :class:`hgq.callbacks.BetaWarmup` (setting
 ``beta=B, warm-up N``): ``beta`` rises linearly from 0 over the first ``--warmup`` epochs (default
 ``WARMUP_EPOCHS``: a sixth of the run), so that no input or hidden unit is pruned before the weights have learnt
@@ -230,6 +231,14 @@ def settle_callbacks(settle: int) -> list:
     return [hgq.callbacks.SettleBits(settle)] if settle else []
 
 
+def settle_tags(settle: int, settle_default: int | None) -> tuple[str, str]:
+    """``(', settle N', '_settleN')`` for a run whose settled epochs differ from the data set's default (``None``:
+    no default known), else ``('', '')``, so that such runs get their own setting name and dump."""
+    if settle_default is None or settle == settle_default:
+        return '', ''
+    return f', settle {settle}', f'_settle{settle}'
+
+
 def run_hgq(
     dataset: str,
     beta: float,
@@ -238,13 +247,15 @@ def run_hgq(
     settings: dict,
     settle: int = 0,
     warmup: int = 0,
+    settle_default: int | None = None,
 ) -> None:
     seed_everything(seed)
     model = make_model(settings, data, beta)
     callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup else []
     train_s = fit(model, data, settings, callbacks=callbacks + settle_callbacks(settle))
+    settle_label, settle_stem = settle_tags(settle, settle_default)
     meta = {
-        'config': f'beta={beta:g}' + (f', warm-up {warmup}' if warmup else '') + pace_label(settings),
+        'config': f'beta={beta:g}' + (f', warm-up {warmup}' if warmup else '') + pace_label(settings) + settle_label,
         'beta': beta,
         'train_seconds': train_s,
         'seed': seed,
@@ -253,7 +264,8 @@ def run_hgq(
         **settings,
     }
     try:
-        stem = f'hgq_beta{beta:g}' + (f'_warmup{warmup}' if warmup else '') + pace_stem(settings) + f'_seed{seed}'
+        stem = f'hgq_beta{beta:g}' + (f'_warmup{warmup}' if warmup else '') + pace_stem(settings) + settle_stem
+        stem += f'_seed{seed}'
         meta = dump_model(model, data, stem, dataset, meta)
     except hgq.exactness.InexactError as err:
         print(f'hgq {meta["config"]} seed={seed}: not dumped, calibration refused the model: {err}', flush=True)
@@ -346,8 +358,9 @@ def main() -> None:
     settings, data = sweep_settings(args)
     if args.bits_lr_scale is not None:
         settings['bits_lr_scale'] = args.bits_lr_scale
-    settle = SETTLE_EPOCHS[args.dataset] if args.settle is None else args.settle
-    settle = settings['epochs'] // 5 if settle is None else settle
+    settle_default = SETTLE_EPOCHS[args.dataset]
+    settle_default = settings['epochs'] // 5 if settle_default is None else settle_default
+    settle = settle_default if args.settle is None else args.settle
     if not 0 <= settle < settings['epochs']:
         raise SystemExit(f'--settle: need 0 <= SETTLE < epochs ({settings["epochs"]}), got {settle}')
     warmup = WARMUP_EPOCHS[args.dataset] if args.warmup is None else args.warmup
@@ -358,9 +371,9 @@ def main() -> None:
         if not args.no_float:
             run_float(args.dataset, seed, data, settings)
         for beta in args.betas:
-            run_hgq(args.dataset, beta, seed, data, settings, settle)
+            run_hgq(args.dataset, beta, seed, data, settings, settle, settle_default=settle_default)
         for beta in args.warmup_betas:
-            run_hgq(args.dataset, beta, seed, data, settings, settle, warmup)
+            run_hgq(args.dataset, beta, seed, data, settings, settle, warmup, settle_default)
         for ramp in args.ramps:
             run_ramp(args.dataset, ramp, seed, data, settings, settle)
 

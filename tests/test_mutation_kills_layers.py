@@ -241,6 +241,8 @@ def test_beta_update_dead_band_edges_and_missing_measurements():
     assert beta_update(1e-6, 750.0, 750.0, 1000.0, tolerance=0.25) == 1e-6  # below the target too
     # The default band is 2 %: 3 % above the target is outside it.
     assert beta_update(1e-6, 1030.0, 1030.0, 1000.0) == pytest.approx(1e-6 * 1.03**0.2, rel=1e-12)
+    # Any positive earlier measurement counts, however small: EBOPs rising from 0.5 to the target 1 double beta.
+    assert beta_update(1e-6, 1.0, 0.5, 1.0, max_factor=4.0) == pytest.approx(2e-6, rel=1e-12)
     # No earlier measurement (None or not positive): no damping term.
     for before in (None, 0.0, -5.0):
         assert beta_update(1e-6, 2000.0, before, 1000.0) == pytest.approx(1e-6 * 2**0.2, rel=1e-12)

@@ -140,6 +140,8 @@ class BetaSchedule(keras.callbacks.Callback):
             return points[0][1]
         for (e0, b0), (e1, b1) in pairwise(points):
             if epoch <= e1:
+                if epoch == e1:
+                    return b1  # the point itself, exactly (interpolation at t = 1 can miss it in the last bit)
                 t = (epoch - e0) / (e1 - e0)
                 if self.interpolation == 'log':
                     return math.exp(math.log(b0) + t * (math.log(b1) - math.log(b0)))

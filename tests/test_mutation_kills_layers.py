@@ -312,6 +312,11 @@ def test_beta_schedule_interpolates_between_its_points_and_holds_outside():
     before = [schedule(e) for e in (0, 1, 1.5)]  # the first value holds before the first point
     assert before == [1e-6] * 3
     assert [schedule(e) for e in (2, 3, 4, 6, 8, 10)] == pytest.approx([1e-6, 2e-6, 3e-6, 2e-6, 1e-6, 1e-6])
+    # At its points a schedule gives their values exactly (the log of 1e-5 and back is 9.999999999999997e-06).
+    points = [(0, 1e-7), (2, 1e-5), (4, 3e-5), (6, 0.3)]
+    for interpolation in ('linear', 'log'):
+        exact = BetaSchedule(points, interpolation=interpolation)
+        assert [exact(e) for e, _ in points] == [b for _, b in points]
     log = BetaSchedule([(1, 1e-6), (3, 1e-4)], interpolation='log')
     assert log(2) == pytest.approx(1e-5, rel=1e-12) and log(0) == 1e-6 and log(5) == 1e-4
     assert BetaSchedule(0).points == [(0.0, 0.0)] and BetaSchedule(3).current == 3.0  # integers and zero allowed

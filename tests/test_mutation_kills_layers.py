@@ -273,6 +273,7 @@ def test_beta_target_uses_the_documented_controller_defaults():
     target = BetaTarget(1000.0)
     assert (target.beta_init, target.warmup) == (1e-6, 0)
     assert target.settings == dict(gain=1.0, rate=0.2, max_factor=1.2, tolerance=0.02, beta_min=1e-12, beta_max=1.0)
+    assert BetaTarget(0.5).target == 0.5  # any positive target
 
 
 @pytest.mark.parametrize(

@@ -372,7 +372,7 @@ def _paces(model):
 def test_settle_bits_freezes_from_epoch_total_minus_epochs_and_restores(weights):
     model = _tiny_model()
     configured = _paces(model)
-    settle = SettleBits(2, weights=weights)
+    settle = SettleBits(2, weights=True) if weights else SettleBits(2)  # weight bits keep learning by default
     settle.set_model(model)
     settle.set_params({'epochs': 5})
     settle.on_train_begin()

@@ -5,12 +5,24 @@ Each test states a documented rule with numbers worked out by hand from it; a mu
 
 import math
 import re
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from hgq.callbacks import BetaSchedule, BetaTarget, BetaWarmup, SettleBits, beta_update, log_ebops
+from hgq.callbacks import (
+    BetaSchedule,
+    BetaTarget,
+    BetaWarmup,
+    ParetoFront,
+    ParetoPoint,
+    SettleBits,
+    beta_update,
+    log_ebops,
+    non_dominated,
+    read_front,
+)
 from hgq.ebops import ebops, h_layers
 from hgq.exactness import check_float32_exact, float32_problems
 from hgq.layers import (
@@ -391,3 +403,52 @@ def test_settle_bits_freezes_from_epoch_total_minus_epochs_and_restores(weights)
     SettleBits(0)
     with pytest.raises(ValueError, match='epochs must be an int >= 0'):
         SettleBits(-1)
+
+
+def test_non_dominated_keeps_what_a_front_would_keep_in_arrival_order():
+    def point(name, accuracy, cost):
+        return ParetoPoint(Path(f'{name}.keras'), 1, {'acc': accuracy, 'ebops': cost})
+
+    sides = {'acc': 'max', 'ebops': 'min'}
+    points = [point('a', 0.90, 100), point('b', 0.95, 300), point('c', 0.95, 200), point('d', 0.90, 100)]
+    assert [p.path.stem for p in non_dominated(points, sides)] == ['a', 'c']  # c drops b; d repeats a
+    # Dropped when any one kept point matches it, not only when all do.
+    points = [point('a', 0.90, 100), point('b', 0.99, 500), point('c', 0.85, 120)]
+    assert [p.path.stem for p in non_dominated(points, sides)] == ['a', 'b']
+    assert non_dominated([], sides) == []
+
+
+def _front_with_model(directory, **kwargs):
+    front = ParetoFront(directory, **kwargs)
+    front.set_model(_tiny_model())
+    return front
+
+
+def test_read_front_sorts_by_the_last_metric(tmp_path):
+    front = _front_with_model(tmp_path, metrics=('acc', 'lat', 'cost'), sides=('max', 'min', 'min'))
+    for epoch, (acc, lat, cost) in enumerate([(0.9, 1.0, 30.0), (0.8, 3.0, 10.0), (0.7, 2.0, 20.0)]):
+        front.on_epoch_end(epoch, {'acc': acc, 'lat': lat, 'cost': cost})
+    assert [p.values['cost'] for p in read_front(tmp_path)] == [10.0, 20.0, 30.0]
+
+
+def test_a_front_creates_nested_directories_and_removes_partial_saves(tmp_path):
+    (tmp_path / 'old').mkdir()
+    partial = tmp_path / 'old' / '.partial-epoch=0003.keras'
+    partial.write_bytes(b'cut short')
+    ParetoFront(tmp_path / 'old')
+    assert not partial.exists()
+    ParetoFront(tmp_path / 'new' / 'front')
+    assert (tmp_path / 'new' / 'front').is_dir()
+
+
+def test_a_front_of_other_sides_in_the_directory_is_refused(tmp_path):
+    front = _front_with_model(tmp_path, metrics=('val_loss', 'ebops'), sides=('min', 'min'))
+    front.on_epoch_end(0, {'val_loss': 0.5, 'ebops': 10.0})
+    with pytest.raises(ValueError, match='holds a front of metrics'):
+        ParetoFront(tmp_path, metrics=('val_loss', 'ebops'), sides=('max', 'min'))
+
+
+def test_missing_validation_metrics_are_named_with_a_hint(tmp_path):
+    front = _front_with_model(tmp_path, metrics=('val_accuracy', 'accuracy', 'ebops'), sides=('max', 'max', 'min'))
+    with pytest.raises(KeyError, match=r"\['val_accuracy', 'accuracy'\] are not in the epoch logs.*validation_data"):
+        front.on_epoch_end(0, {'loss': 1.0})

@@ -452,3 +452,10 @@ def test_missing_validation_metrics_are_named_with_a_hint(tmp_path):
     front = _front_with_model(tmp_path, metrics=('val_accuracy', 'accuracy', 'ebops'), sides=('max', 'max', 'min'))
     with pytest.raises(KeyError, match=r"\['val_accuracy', 'accuracy'\] are not in the epoch logs.*validation_data"):
         front.on_epoch_end(0, {'loss': 1.0})
+
+
+def test_a_checkpoint_whose_name_is_taken_gets_the_suffix_one(tmp_path):
+    front = _front_with_model(tmp_path)
+    front.on_epoch_end(0, {'val_accuracy': 0.5000001, 'ebops': 10.0})
+    front.on_epoch_end(0, {'val_accuracy': 0.5000004, 'ebops': 10.0})  # a second fit: same epoch, same 6 digits
+    assert [p.path.name for p in read_front(tmp_path)] == ['epoch=0001-val_accuracy=0.5-ebops=10-1.keras']

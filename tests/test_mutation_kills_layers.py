@@ -454,8 +454,14 @@ def test_missing_validation_metrics_are_named_with_a_hint(tmp_path):
         front.on_epoch_end(0, {'loss': 1.0})
 
 
-def test_a_checkpoint_whose_name_is_taken_gets_the_suffix_one(tmp_path):
+def test_checkpoints_whose_names_are_taken_get_suffixes_one_two(tmp_path):
     front = _front_with_model(tmp_path)
     front.on_epoch_end(0, {'val_accuracy': 0.5000001, 'ebops': 10.0})
     front.on_epoch_end(0, {'val_accuracy': 0.5000004, 'ebops': 10.0})  # a second fit: same epoch, same 6 digits
-    assert [p.path.name for p in read_front(tmp_path)] == ['epoch=0001-val_accuracy=0.5-ebops=10-1.keras']
+    stem = 'epoch=0001-val_accuracy=0.5-ebops=10'
+    assert [p.path.name for p in read_front(tmp_path)] == [f'{stem}-1.keras']  # the first one is dominated
+    # Two more that trade accuracy against EBOPs, all three on the front under the same rounded name.
+    front.on_epoch_end(0, {'val_accuracy': 0.5000002, 'ebops': 9.9999999})
+    front.on_epoch_end(0, {'val_accuracy': 0.5000003, 'ebops': 9.99999995})
+    names = {p.path.name for p in read_front(tmp_path)}
+    assert names == {f'{stem}-1.keras', f'{stem}.keras', f'{stem}-2.keras'}

@@ -465,3 +465,10 @@ def test_checkpoints_whose_names_are_taken_get_suffixes_one_two(tmp_path):
     front.on_epoch_end(0, {'val_accuracy': 0.5000003, 'ebops': 9.99999995})
     names = {p.path.name for p in read_front(tmp_path)}
     assert names == {f'{stem}-1.keras', f'{stem}.keras', f'{stem}-2.keras'}
+
+
+def test_a_point_with_one_non_finite_metric_is_never_saved(tmp_path):
+    front = _front_with_model(tmp_path)
+    front.on_epoch_end(0, {'val_accuracy': 0.9, 'ebops': math.nan})
+    front.on_epoch_end(1, {'val_accuracy': math.inf, 'ebops': 10.0})
+    assert front.points == [] and not list(tmp_path.glob('*.keras'))

@@ -78,13 +78,13 @@ COST_TERMS = ('ebops', 'adder_bits', 'weight_bits', 'act_bits', 'pool_bits', 'sa
 #: LUTs per unit of each term: fitted by ``benchmarks/fit_cost.py`` against yosys ``synth_xilinx -family xcup``
 #: (see benchmarks/README.md for the models and the errors).
 LUT_COEFFICIENTS: dict[str, float] = {
-    'ebops': 0.3958,
-    'adder_bits': 0.4396,
-    'weight_bits': 0.707,
+    'ebops': 0.285,
+    'adder_bits': 0.5033,
+    'weight_bits': 0.8611,
     'act_bits': 0.0,
-    'pool_bits': 1.0583,
-    'sat_round_bits': 0.0,
-    'sat_round_in_bits': 0.0,
+    'pool_bits': 1.2806,
+    'sat_round_bits': 2.7627,
+    'sat_round_in_bits': 0.5058,
 }
 
 

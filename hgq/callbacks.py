@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -22,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import keras
+from keras import ops
 
+from hgq.calibrate import CalibrationError, calibrate, wrap_quantizers
 from hgq.ebops import ebops, h_layers
+from hgq.exactness import InexactError
 from hgq.fileio import write_atomic, write_text_atomic
 
 __all__ = [
@@ -565,6 +569,17 @@ class ParetoFront(keras.callbacks.Callback):
     count from 1, as in Keras's progress output. Files are written atomically (saved under a temporary name,
     then renamed).
 
+    With ``calibration_data`` the front holds deployable models: after each epoch the model is calibrated on it
+    (:func:`hgq.calibrate`), the ``val_*`` metrics are measured on the calibrated model with ``validation_data``
+    and ``ebops`` are its exact EBOPs; dominance is decided on those values (other metrics come from the logs),
+    the calibrated model is saved, and then every variable calibration changed is put back, so that training goes
+    on exactly as without the option. The epoch logs keep Keras's values and gain the calibrated ones as
+    ``calibrated_<metric>`` (e.g. ``calibrated_val_accuracy``, ``calibrated_ebops``). Without it the front is
+    ranked on the logs, whose ``val_*`` metrics come from the tracked ranges of training: an input whose last batch
+    lacked its largest values has lost integer bits there, and wraps in that evaluation. An epoch whose model cannot
+    be calibrated (:class:`hgq.calibrate.CalibrationError`, :class:`hgq.exactness.InexactError`) is skipped with a
+    warning.
+
     Parameters
     ----------
     directory : path
@@ -575,12 +590,21 @@ class ParetoFront(keras.callbacks.Callback):
         Whether each metric is to be maximized or minimized.
     resume : bool
         Continue a front already indexed in ``directory`` (with the same metrics); ``False`` deletes its files.
+    calibration_data : array or list of arrays, optional
+        Inputs to calibrate each epoch's model on (typically the training set); see above.
+    validation_data : tuple, optional
+        ``(x, y)`` or ``(x, y, sample_weight)`` on which the calibrated model's ``val_*`` metrics are measured
+        (``Model.evaluate``); needed with ``calibration_data`` when a metric starts with ``val_``.
+    batch_size : int
+        Batch size of the calibration and evaluation passes.
 
     Examples
     --------
     >>> import hgq
     >>> front = hgq.callbacks.ParetoFront('ckpt/', metrics=('val_loss', 'ebops'), sides=('min', 'min'))
     >>> # model.fit(x, y, validation_data=(xv, yv), callbacks=[front]); front.points lists the checkpoints
+    >>> # a front of calibrated checkpoints, ranked on their validation accuracy and exact EBOPs:
+    >>> # hgq.callbacks.ParetoFront('ckpt/', calibration_data=x, validation_data=(xv, yv))
     """
 
     def __init__(
@@ -589,6 +613,9 @@ class ParetoFront(keras.callbacks.Callback):
         metrics: Sequence[str] = ('val_accuracy', 'ebops'),
         sides: Sequence[str] = ('max', 'min'),
         resume: bool = True,
+        calibration_data: Any = None,
+        validation_data: tuple[Any, ...] | None = None,
+        batch_size: int = 1024,
     ) -> None:
         super().__init__()
         metrics, sides = tuple(metrics), tuple(sides)
@@ -599,6 +626,15 @@ class ParetoFront(keras.callbacks.Callback):
             raise ValueError(f'ParetoFront: sides must each be one of {SIDES}, got {bad}')
         if len(set(metrics)) != len(metrics):
             raise ValueError(f'ParetoFront: metrics must be distinct, got {metrics}')
+        if calibration_data is None and validation_data is not None:
+            raise ValueError('ParetoFront: validation_data scores the calibrated model; pass calibration_data too')
+        if calibration_data is not None and validation_data is None and any(m.startswith('val_') for m in metrics):
+            raise ValueError(f'ParetoFront: metrics {metrics} need validation_data to score the calibrated model')
+        if validation_data is not None and not (isinstance(validation_data, tuple) and len(validation_data) in (2, 3)):
+            raise ValueError('ParetoFront: validation_data must be a tuple (x, y) or (x, y, sample_weight)')
+        self.calibration_data = calibration_data
+        self.validation_data = validation_data
+        self.batch_size = int(batch_size)
         self.directory = Path(directory)
         self.sides = dict(zip(metrics, sides, strict=True))
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -610,6 +646,11 @@ class ParetoFront(keras.callbacks.Callback):
     def metrics(self) -> tuple[str, ...]:
         return tuple(self.sides)
 
+    @property
+    def calibrated(self) -> bool:
+        """True when the checkpoints are calibrated models, ranked on their own metrics."""
+        return self.calibration_data is not None
+
     def _existing_points(self, resume: bool) -> list[ParetoPoint]:
         if not (self.directory / FRONT_INDEX).is_file():
             return []
@@ -618,6 +659,11 @@ class ParetoFront(keras.callbacks.Callback):
             raise ValueError(
                 f'ParetoFront: {self.directory} holds a front of metrics {content["metrics"]} {content["sides"]}; '
                 f'use another directory for {self.metrics}'
+            )
+        if bool(content.get('calibrated', False)) != self.calibrated:
+            state = 'calibrated' if content.get('calibrated', False) else 'uncalibrated'
+            raise ValueError(
+                f'ParetoFront: {self.directory} holds a front of {state} checkpoints; use another directory'
             )
         points = read_front(self.directory)
         if resume:
@@ -645,7 +691,43 @@ class ParetoFront(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = {} if logs is None else logs
         log_ebops(self.model, logs)
-        values = self._values(logs)
+        if not self.calibrated:
+            self._consider(epoch, self._values(logs))
+            return
+        quantizers = wrap_quantizers(self.model)
+        saved = [(v, ops.convert_to_numpy(v)) for q in quantizers for v in q.non_trainable_weights]
+        try:
+            try:
+                logs.update(self._calibrated_logs())
+            except (CalibrationError, InexactError) as err:
+                warnings.warn(
+                    f'ParetoFront: epoch {epoch + 1} skipped, its model cannot be calibrated: {err}', stacklevel=2
+                )
+                return
+            calibrated = {m: logs.get(f'calibrated_{m}', logs.get(m)) for m in self.metrics}
+            self._consider(epoch, self._values({k: v for k, v in calibrated.items() if v is not None}))
+        finally:
+            for variable, value in saved:
+                variable.assign(value)
+
+    def _calibrated_logs(self) -> dict[str, float]:
+        """Calibrate the model and measure it: ``calibrated_ebops`` and ``calibrated_val_<metric>``."""
+        values = {'calibrated_ebops': calibrate(self.model, self.calibration_data, self.batch_size)}
+        if self.validation_data is not None:
+            x, y, *weight = self.validation_data
+            scores = self.model.evaluate(
+                x,
+                y,
+                sample_weight=weight[0] if weight else None,
+                batch_size=self.batch_size,
+                verbose=0,
+                return_dict=True,
+            )
+            values.update((f'calibrated_val_{name}', float(value)) for name, value in scores.items())
+        return values
+
+    def _consider(self, epoch: int, values: dict[str, float]) -> None:
+        """Save the model as a checkpoint of epoch ``epoch`` (from 0) with ``values`` unless the front dominates it."""
         if not all(math.isfinite(v) for v in values.values()):
             return  # a diverged model (EBOPs are nan when weights are not finite) is never a checkpoint
         if any(_weakly_dominates(p.values, values, self.sides) for p in self.points):
@@ -664,6 +746,7 @@ class ParetoFront(keras.callbacks.Callback):
         content = {
             'metrics': list(self.metrics),
             'sides': list(self.sides.values()),
+            'calibrated': self.calibrated,
             'points': [p.to_json() for p in self.points],
         }
         _write_json_atomic(self.directory / FRONT_INDEX, content)

@@ -26,6 +26,7 @@ from hgq.callbacks import (
 from hgq.ebops import ebops, h_layers
 from hgq.exactness import check_float32_exact, float32_problems
 from hgq.layers import (
+    HActivation,
     HAdd,
     HAveragePooling1D,
     HBatchNormalization,
@@ -35,6 +36,7 @@ from hgq.layers import (
     HMaxPooling1D,
     HMultiply,
     HQuantize,
+    HSoftmax,
     HSubtract,
 )
 
@@ -472,3 +474,90 @@ def test_a_point_with_one_non_finite_metric_is_never_saved(tmp_path):
     front.on_epoch_end(0, {'val_accuracy': 0.9, 'ebops': math.nan})
     front.on_epoch_end(1, {'val_accuracy': math.inf, 'ebops': 10.0})
     assert front.points == [] and not list(tmp_path.glob('*.keras'))
+
+
+# -- layers: documented defaults, edges of the checks, what each part of a layer adds ------------------------------
+def _config_of(quantizer, keys):
+    config = quantizer.get_config()
+    return {key: config[key] for key in keys}
+
+
+KEYS = ('granularity', 'overflow_mode', 'i_init', 'f_init', 'signed')
+
+
+def test_layer_defaults_are_the_documented_ones():
+    model = keras.Sequential(
+        [keras.Input((4,)), HQuantize(), HDense(3), HActivation('tanh'), HSoftmax(), HActivation('relu')]
+    )
+    assert _layer_betas(model) == [0.0] * 5  # no EBOPs penalty unless asked
+    lut = model.layers[2]
+    assert _config_of(lut.input_quantizer, KEYS) == dict(
+        granularity='tensor', overflow_mode='SAT', i_init=3.0, f_init=5.0, signed=True
+    )
+    assert _config_of(lut.output_quantizer, KEYS) == dict(
+        granularity='tensor', overflow_mode='SAT', i_init=1.0, f_init=8.0, signed=True
+    )
+    softmax = model.layers[3]
+    assert _config_of(softmax.input_quantizer, KEYS) == dict(
+        granularity='tensor', overflow_mode='SAT', i_init=4.0, f_init=6.0, signed=True
+    )
+    internal = {
+        'exp_input_quantizer': (3.0, 4.0),
+        'exp_quantizer': (1.0, 8.0),
+        'sum_quantizer': (4.0, 4.0),
+        'inv_quantizer': (1.0, 8.0),
+        'output_quantizer': (1.0, 8.0),
+    }
+    for role, (i, f) in internal.items():
+        expected = dict(granularity='tensor', overflow_mode='SAT', i_init=i, f_init=f, signed=False)
+        assert _config_of(getattr(softmax, role), KEYS) == expected, role
+    # relu keeps the plain default input quantizer (per element, WRAP)
+    assert _config_of(model.layers[4].input_quantizer, KEYS[:2]) == dict(granularity='element', overflow_mode='WRAP')
+
+
+def test_an_unknown_activation_is_named_with_the_layer_name():
+    with pytest.raises(ValueError, match=r"^act7: unknown activation 'no_such_function'"):
+        HActivation('no_such_function', name='act7')
+    with pytest.raises(ValueError, match=r'^HActivation: unknown activation'):
+        HActivation('no_such_function')
+
+
+def test_a_table_of_exactly_max_table_size_entries_is_allowed():
+    layer = HActivation('tanh', max_table_size=2**9)  # default input format: k + i + f = 1 + 3 + 5
+    keras.Sequential([keras.Input((3,)), layer])
+    assert len(layer.table()) == 2**9
+    small = HActivation('tanh', max_table_size=2**9 - 1)
+    keras.Sequential([keras.Input((3,)), small])
+    with pytest.raises(ValueError, match='needs a table of 512 entries'):
+        small.table()
+
+
+def test_softmax_computes_directly_when_only_the_exp_table_is_too_large():
+    # exp input: unsigned, i = 3, f = 4 -> 128 codes > 64; sum: i = 3, f = 3 -> 64 codes: fits.
+    layer = HSoftmax(max_table_size=64, sum_quantizer={'i_init': 3.0, 'f_init': 3.0})
+    keras.Sequential([keras.Input((6,)), layer])
+    x = np.array([[0.0, -7.5, -6.0, -1.0, -3.25, -0.5]], 'float32')
+    y = np.asarray(layer(x), np.float64)
+    expected = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
+    assert np.max(np.abs(y - expected)) < 2**-5  # the quantized chain, not a table read beyond its end
+    with pytest.raises(ValueError, match='needs a table of 128 entries'):
+        layer.tables()
+
+
+def test_every_softmax_quantizer_adds_its_bits_decay_in_training():
+    layer = HSoftmax()
+    keras.Sequential([keras.Input((5,)), layer])
+    layer(np.zeros((2, 5), 'float32'), training=True)
+    assert all(quantizer.losses for quantizer in layer.quantizers), [q.name for q in layer.quantizers if not q.losses]
+
+
+def test_conv_errors_list_the_divisors_and_shapes_keep_the_batch_axis():
+    with pytest.raises(ValueError, match=r'divide the 6 output positions \(one of \[1, 2, 3, 6\], or -1\), got 4'):
+        keras.Sequential([keras.Input((8, 3)), HConv1D(2, 3, parallelization_factor=4)])
+    assert HConv1D(2, 3).compute_output_shape((7, 8, 3)) == (7, 6, 2)
+
+
+def test_kernel_layers_price_every_input_bit_in_their_ebops_not_again_in_bits_cost():
+    layer = HDense(3)
+    keras.Sequential([keras.Input((4,)), layer])
+    assert float(layer.bits_cost()) == 0.0

@@ -561,3 +561,18 @@ def test_kernel_layers_price_every_input_bit_in_their_ebops_not_again_in_bits_co
     layer = HDense(3)
     keras.Sequential([keras.Input((4,)), layer])
     assert float(layer.bits_cost()) == 0.0
+
+
+def test_table_layers_take_any_positive_max_table_size():
+    assert HSoftmax(max_table_size=1).max_table_size == 1 and HActivation('tanh', max_table_size=1).max_table_size == 1
+    for make in (lambda: HSoftmax(max_table_size=0), lambda: HActivation('tanh', max_table_size=0)):
+        with pytest.raises(ValueError, match='max_table_size must be a positive integer, got 0'):
+            make()
+
+
+def test_pooling_accepts_channels_last_by_name_and_refuses_channels_first():
+    for make in (HMaxPooling1D, HAveragePooling1D):
+        assert make(2, data_format='channels_last').compute_output_shape((None, 8, 3)) == (None, 4, 3)
+        with pytest.raises(ValueError, match="only data_format='channels_last' is supported"):
+            make(2, data_format='channels_first')
+    assert HGlobalAveragePooling2D(data_format='channels_last').compute_output_shape((None, 2, 4, 3)) == (None, 3)

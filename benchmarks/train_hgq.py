@@ -111,14 +111,8 @@ def make_model(settings: dict, data: dict[str, np.ndarray], beta: float | None) 
     return build(data['x_train'].shape[1], settings['hidden'], n_classes, beta, settings.get('bits_lr_scale'))
 
 
-def fit(
-    model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbacks: list | None = None, validate=False
-) -> float:
-    """Compile and train; returns the wall time in seconds.
-
-    ``validate``: evaluate the training set in inference mode after each epoch (``val_accuracy``), the metric
-    the Pareto front is chosen on (the running training accuracy of an epoch is not that of its final model).
-    """
+def fit(model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbacks: list | None = None) -> float:
+    """Compile and train; returns the wall time in seconds."""
     model.compile(
         keras.optimizers.Adam(learning_rate(settings, len(data['x_train']))),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -133,7 +127,6 @@ def fit(
         shuffle=True,
         verbose=0,
         callbacks=callbacks,
-        validation_data=(data['x_train'], data['y_train']) if validate else None,
     )
     return time.perf_counter() - start
 
@@ -278,15 +271,27 @@ def run_hgq(
 def run_ramp(
     dataset: str, ramp: tuple[float, float], seed: int, data: dict[str, np.ndarray], settings: dict, settle: int = 0
 ) -> None:
-    """Log ramp of beta with a Pareto front of checkpoints (training accuracy vs EBOPs); dump every checkpoint."""
+    """Log ramp of beta with a Pareto front of calibrated checkpoints; dump every checkpoint.
+
+    The front (``ParetoFront`` with ``calibration_data``) calibrates each epoch's model on the training set and
+    ranks it by the training accuracy of the calibrated model in inference mode (the running training accuracy of
+    an epoch is not that of its final model) and its exact EBOPs, so every checkpoint is ranked as it is deployed;
+    ranked on the uncalibrated epoch-end evaluation, inputs whose tracked range decayed in the last batch wrap.
+    """
     seed_everything(seed)
     start, end = ramp
     model = make_model(settings, data, start)
     schedule = hgq.callbacks.BetaSchedule([(0, start), (settings['epochs'] - 1, end)], interpolation='log')
     config = f'ramp {start:g}->{end:g}' + pace_label(settings)
     with tempfile.TemporaryDirectory() as directory:
-        front = hgq.callbacks.ParetoFront(directory, metrics=('val_accuracy', 'ebops'), sides=('max', 'min'))
-        train_s = fit(model, data, settings, callbacks=[schedule, *settle_callbacks(settle), front], validate=True)
+        front = hgq.callbacks.ParetoFront(
+            directory,
+            metrics=('val_accuracy', 'ebops'),
+            sides=('max', 'min'),
+            calibration_data=data['x_train'],
+            validation_data=(data['x_train'], data['y_train']),
+        )
+        train_s = fit(model, data, settings, callbacks=[schedule, *settle_callbacks(settle), front])
         points = hgq.callbacks.read_front(directory)
         for point in points:
             checkpoint = keras.models.load_model(point.path)

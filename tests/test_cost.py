@@ -94,6 +94,25 @@ def test_saturating_model_trains_under_the_lut_penalty() -> None:
     assert np.all(np.isfinite(history.history['loss']))
 
 
+def test_saturating_requantization_of_a_convolution_counts_every_live_position() -> None:
+    """Conv1D (3 positions in, 2 out) -> Flatten -> a saturating, ties-to-even quantizer: width per position."""
+    sat = {'overflow_mode': 'SAT', 'round_mode': 'RND_CONV', 'signed': False}
+    model = keras.Sequential([
+        keras.Input((3, 1)),
+        HQuantize(input_quantizer={**sat, 'i_init': 1, 'f_init': 1}),
+        HConv1D(1, 2, activation='relu', use_bias=False, input_quantizer={**sat, 'i_init': 1, 'f_init': 1},
+                kernel_quantizer={'f_init': 2}),
+        keras.layers.Flatten(),
+        HDense(1, use_bias=False, input_quantizer={**sat, 'i_init': 1, 'f_init': 0}, kernel_quantizer={'f_init': 1}),
+    ])  # fmt: skip
+    model.layers[1].kernel.assign(np.array([0.75, -0.5], dtype='float32').reshape(2, 1, 1))
+    model.layers[3].kernel.assign(np.full((2, 1), 0.5, dtype='float32'))
+    terms = cost_terms(model)
+    # ports: 3 x 6 bits; each of the 2 output positions as the dense case: [0, 1.125] at 3 fractional bits, 4 bits
+    assert (terms['sat_round_in_bits'], terms['sat_round_bits']) == (3 * 6, 2 * 4)
+    assert float(lut_cost(model, {'sat_round_bits': 1.0})) == pytest.approx(2 * 4)
+
+
 def test_saturating_quantizer_that_drops_no_bit_costs_nothing() -> None:
     """A saturating quantizer wider than the accumulator in range and precision is wiring."""
     model = _saturating_model(relu=True)

@@ -29,11 +29,19 @@ from hgq.layers import (
     HActivation,
     HAdd,
     HAveragePooling1D,
+    HAveragePooling2D,
     HBatchNormalization,
+    HConcatenate,
     HConv1D,
+    HConv1DBatchNorm,
+    HConv2D,
+    HConv2DBatchNorm,
     HDense,
+    HDenseBatchNorm,
+    HGlobalAveragePooling1D,
     HGlobalAveragePooling2D,
     HMaxPooling1D,
+    HMaxPooling2D,
     HMultiply,
     HQuantize,
     HSoftmax,
@@ -576,3 +584,52 @@ def test_pooling_accepts_channels_last_by_name_and_refuses_channels_first():
         with pytest.raises(ValueError, match="only data_format='channels_last' is supported"):
             make(2, data_format='channels_first')
     assert HGlobalAveragePooling2D(data_format='channels_last').compute_output_shape((None, 2, 4, 3)) == (None, 3)
+
+
+H_LAYER_CLASSES = [
+    HActivation,
+    HAdd,
+    HAveragePooling1D,
+    HAveragePooling2D,
+    HBatchNormalization,
+    HConcatenate,
+    HConv1D,
+    HConv1DBatchNorm,
+    HConv2D,
+    HConv2DBatchNorm,
+    HDense,
+    HDenseBatchNorm,
+    HGlobalAveragePooling1D,
+    HGlobalAveragePooling2D,
+    HMaxPooling1D,
+    HMaxPooling2D,
+    HMultiply,
+    HQuantize,
+    HSoftmax,
+    HSubtract,
+]
+
+
+@pytest.mark.parametrize('cls', H_LAYER_CLASSES, ids=lambda c: c.__name__)
+def test_layers_are_saved_under_the_hgq_package_name(cls):
+    # Saved models name each layer class 'hgq>Class'; loading them with another version relies on it.
+    assert keras.saving.get_registered_name(cls) == f'hgq>{cls.__name__}'
+
+
+def test_layer_variables_keep_their_names():
+    dense = HDense(2)
+    norm = HBatchNormalization()
+    keras.Sequential([keras.Input((3,)), dense, norm])
+    assert {v.name for v in norm.weights} >= {'beta', 'gamma', 'offset', 'moving_mean', 'moving_variance'}
+    assert {v.name for v in dense.weights} >= {'beta', 'kernel', 'bias'}
+
+
+@pytest.mark.parametrize('argument', [{'use_bias': True}, {'bias_initializer': 'ones'}, {'bias_regularizer': 'l2'}])
+def test_fused_batchnorm_refuses_every_bias_argument(argument):
+    with pytest.raises(TypeError, match=f'HDenseBatchNorm.*{next(iter(argument))}'):
+        HDenseBatchNorm(4, **argument)
+
+
+def test_global_pooling_with_keepdims_keeps_the_batch_axis():
+    assert HGlobalAveragePooling2D(keepdims=True).compute_output_shape((5, 2, 4, 3)) == (5, 1, 1, 3)
+    assert HGlobalAveragePooling1D(keepdims=True).compute_output_shape((5, 8, 3)) == (5, 1, 3)

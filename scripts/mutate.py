@@ -441,6 +441,12 @@ def _run_child(mutant: Mutant, tests: list[str], log_path: Path) -> None:
         import pytest
 
         code = int(pytest.main([*PYTEST_ARGS, *tests]))
+        if code == 4:  # no test collected: the mutated module may fail to import (a type alias at import time)
+            try:
+                importlib.import_module(name)
+            except Exception as err:  # noqa: BLE001 - any import failure kills the mutant
+                print(f'the mutated module does not import: {err!r}', flush=True)
+                code = 1
     except BaseException as err:  # noqa: BLE001 - any failure of the child is reported through its exit status
         print(f'mutation driver error: {err!r}', flush=True)
         code = 99

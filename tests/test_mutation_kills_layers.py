@@ -633,3 +633,14 @@ def test_fused_batchnorm_refuses_every_bias_argument(argument):
 def test_global_pooling_with_keepdims_keeps_the_batch_axis():
     assert HGlobalAveragePooling2D(keepdims=True).compute_output_shape((5, 2, 4, 3)) == (5, 1, 1, 3)
     assert HGlobalAveragePooling1D(keepdims=True).compute_output_shape((5, 8, 3)) == (5, 1, 3)
+
+
+def test_quantized_weights_are_the_exported_tensors_in_float64():
+    layer = HDense(2)
+    keras.Sequential([keras.Input((3,)), layer])
+    weights = layer.quantized_weights()
+    assert list(weights) == ['kernel', 'bias']
+    kernel, quantizer = weights['kernel']
+    assert kernel.dtype == np.float64 and quantizer is layer.kernel_quantizer
+    assert np.array_equal(kernel, np.asarray(layer.qkernel, np.float64))
+    assert np.array_equal(weights['bias'][0], np.asarray(layer.qbias, np.float64))

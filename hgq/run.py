@@ -90,7 +90,9 @@ def _optimizer(config: RunConfig, steps_per_epoch: int) -> keras.optimizers.Opti
 def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbose: int = 1):
     """Build, compile and fit the model of ``config``, keeping its Pareto front in ``directory/pareto``.
 
-    Data holding NaN or infinite values are refused before anything is built.
+    The front holds calibrated models: each epoch's model is calibrated on the training set and ranked by its
+    validation metric and exact EBOPs (:class:`hgq.callbacks.ParetoFront` with ``calibration_data``), as it will be
+    deployed. Data holding NaN or infinite values are refused before anything is built.
 
     Returns
     -------
@@ -113,7 +115,13 @@ def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbos
         loss, metrics, metric, side = _task(data)
         steps = math.ceil(len(data.x_train) / config.training.batch_size)
         model.compile(_optimizer(config, steps), loss, metrics=metrics)
-        front = ParetoFront(Path(directory) / 'pareto', metrics=(metric, 'ebops'), sides=(side, 'min'))
+        front = ParetoFront(
+            Path(directory) / 'pareto',
+            metrics=(metric, 'ebops'),
+            sides=(side, 'min'),
+            calibration_data=data.x_train,
+            validation_data=(data.x_val, data.y_val),
+        )
         history = model.fit(
             data.x_train,
             data.y_train,
@@ -549,7 +557,7 @@ def write_report(results: dict[str, Any], path: str | os.PathLike) -> Path:
         '![Pareto front](pareto.png)',
         '',
         *(['![Accuracy vs yosys LUTs](pareto-lut.png)', ''] if any('lut' in m for m in results['models']) else []),
-        f'## Pareto front ({len(results["front"])} checkpoints, EBOPs before calibration)',
+        f'## Pareto front ({len(results["front"])} calibrated checkpoints)',
         '',
         f'| epoch | {metric} | EBOPs | file |',
         '|---|---|---|---|',

@@ -644,3 +644,48 @@ def test_quantized_weights_are_the_exported_tensors_in_float64():
     assert kernel.dtype == np.float64 and quantizer is layer.kernel_quantizer
     assert np.array_equal(kernel, np.asarray(layer.qkernel, np.float64))
     assert np.array_equal(weights['bias'][0], np.asarray(layer.qbias, np.float64))
+
+
+@pytest.mark.parametrize('make', [lambda: HDense(3, activation='relu'), lambda: HConv1D(3, 2, activation='relu')])
+def test_relu_inside_a_kernel_layer_zeroes_the_negative_sums(make):
+    layer = make()
+    shape = (4,) if isinstance(layer, HDense) else (4, 2)
+    linear = HDense(3) if isinstance(layer, HDense) else HConv1D(3, 2)
+    for one in (layer, linear):
+        keras.Sequential([keras.Input(shape), one])
+    linear.set_weights(layer.get_weights())
+    x = np.random.default_rng(3).normal(size=(64, *shape)).astype('float32')
+    plain = np.asarray(linear(x))
+    assert np.min(plain) < 0
+    assert np.array_equal(np.asarray(layer(x)), np.maximum(plain, 0.0))
+
+
+def test_default_bias_and_offset_quantizers_have_eight_fractional_bits():
+    dense, norm = HDense(2), HBatchNormalization()
+    keras.Sequential([keras.Input((3,)), dense, norm])
+    assert dense.bias_quantizer.f_init == 8.0 and norm.offset_quantizer.f_init == 8.0
+    assert dense.kernel_quantizer.f_init is None and norm.scale_quantizer.f_init is None  # fitted to the weights
+
+
+def test_batchnorm_scale_bits_are_fitted_to_the_scale():
+    # scale 3 / sqrt(1 + 1e-3): init_bits 4 give f = ceil(4 - 1 - log2(3.0)) = 2 (the zero offset would give 3).
+    norm = HBatchNormalization(gamma_initializer=keras.initializers.Constant(3.0))
+    keras.Sequential([keras.Input((3,)), norm])
+    assert np.array_equal(np.asarray(norm.scale_quantizer.f), [2.0, 2.0, 2.0])
+
+
+def test_convolutions_accept_channels_last_by_name_and_refuse_channels_first():
+    assert HConv1D(2, 3, data_format='channels_last').compute_output_shape((None, 8, 3)) == (None, 6, 2)
+    with pytest.raises(ValueError, match='channels_last'):
+        HConv1D(2, 3, data_format='channels_first')
+
+
+def test_a_lookup_table_of_exactly_max_table_size_is_what_the_layer_outputs():
+    # sin(1000.1 v) in float32 is off by up to ~2e-4 (1000.1 is not a float32), which moves 10 of the 512 codes
+    # to another output step: only the table (computed in float64) gives the outputs of table() at every code.
+    layer = HActivation(lambda v: keras.ops.sin(v * 1000.1), max_table_size=2**9)
+    keras.Sequential([keras.Input((1,)), layer])
+    k, i, f = layer.table_format()
+    codes = np.arange(-(2 ** (i + f)), 2 ** (i + f))
+    x = (codes * 2.0**-f).astype('float32')[:, None]
+    assert np.array_equal(np.asarray(layer(x), np.float64)[:, 0], layer.table())

@@ -47,6 +47,8 @@ from hgq.layers import (
     HSoftmax,
     HSubtract,
 )
+from hgq.layers.base import serialize_quantizer
+from hgq.quantizer import ActivationQuantizer, WeightQuantizer
 
 
 # -- exactness: the largest partial sum of each accumulator, in steps of its finest term, against 2**24 -------------
@@ -689,3 +691,24 @@ def test_a_lookup_table_of_exactly_max_table_size_is_what_the_layer_outputs():
     codes = np.arange(-(2 ** (i + f)), 2 ** (i + f))
     x = (codes * 2.0**-f).astype('float32')[:, None]
     assert np.array_equal(np.asarray(layer(x), np.float64)[:, 0], layer.table())
+
+
+def test_global_pooling_shapes_keep_the_batch_axis():
+    assert HGlobalAveragePooling2D().compute_output_shape((5, 2, 4, 3)) == (5, 3)
+    assert HGlobalAveragePooling1D().compute_output_shape((5, 8, 3)) == (5, 3)
+
+
+def test_a_convolution_with_a_single_output_position_is_allowed():
+    layer = HConv1D(2, 8)
+    keras.Sequential([keras.Input((8, 3)), layer])
+    assert layer.n_output_positions == 1
+    with pytest.raises(ValueError, match='is larger than the input'):
+        keras.Sequential([keras.Input((7, 3)), HConv1D(2, 8)])
+
+
+def test_a_serialized_quantizer_is_rebuilt_as_it_was_saved():
+    saved = serialize_quantizer(WeightQuantizer(f_init=3.0, round_mode='TRN'))
+    layer = HDense(2, kernel_quantizer=saved)
+    assert (layer.kernel_quantizer.f_init, layer.kernel_quantizer.round_mode) == (3.0, 'TRN')
+    with pytest.raises(TypeError, match='expected a WeightQuantizer, got ActivationQuantizer'):
+        HDense(2, kernel_quantizer=serialize_quantizer(ActivationQuantizer()))

@@ -712,3 +712,9 @@ def test_a_serialized_quantizer_is_rebuilt_as_it_was_saved():
     assert (layer.kernel_quantizer.f_init, layer.kernel_quantizer.round_mode) == (3.0, 'TRN')
     with pytest.raises(TypeError, match='expected a WeightQuantizer, got ActivationQuantizer'):
         HDense(2, kernel_quantizer=serialize_quantizer(ActivationQuantizer()))
+
+
+def test_softmax_sum_and_inverse_quantizers_hold_one_element_per_slice():
+    layer = HSoftmax()
+    keras.Sequential([keras.Input((3, 7)), layer])
+    assert [q.shape for q in layer.internal_quantizers] == [(3, 7), (3, 7), (3, 1), (3, 1), (3, 7)]

@@ -718,3 +718,14 @@ def test_softmax_sum_and_inverse_quantizers_hold_one_element_per_slice():
     layer = HSoftmax()
     keras.Sequential([keras.Input((3, 7)), layer])
     assert [q.shape for q in layer.internal_quantizers] == [(3, 7), (3, 7), (3, 1), (3, 1), (3, 7)]
+
+
+def test_the_training_loss_of_a_layer_is_beta_times_its_ebops_plus_bits_cost():
+    layer = HQuantize(beta=0.5, input_quantizer={'bits_decay': 0.0})
+    keras.Sequential([keras.Input((4,)), layer])
+    layer(np.array([[0.5, -1.25, 3.0, 0.0]], 'float32'), training=True)
+    width = float(keras.ops.sum(layer.input_quantizer.bits()))
+    assert width > 0
+    assert [float(loss) for loss in layer.losses] == pytest.approx([0.5 * width], rel=1e-6)
+    layer(np.ones((1, 4), 'float32'))  # inference adds nothing
+    assert layer.losses == []

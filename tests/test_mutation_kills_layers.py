@@ -729,3 +729,18 @@ def test_the_training_loss_of_a_layer_is_beta_times_its_ebops_plus_bits_cost():
     assert [float(loss) for loss in layer.losses] == pytest.approx([0.5 * width], rel=1e-6)
     layer(np.ones((1, 4), 'float32'))  # inference adds nothing
     assert layer.losses == []
+
+
+def test_kernel_layer_ebops_agree_with_the_exact_ebops_at_fixed_formats():
+    layer = HDense(3, input_quantizer=_sat(2, 3), kernel_quantizer={'f_init': 3})
+    keras.Sequential([keras.Input((4,)), layer])
+    # Odd multiples of the step 2**-3: every bit from the top one down to f is significant, as both counts assume.
+    odd = np.array([1, 3, 5, 7, 9, 11, -1, -3, -5, -7, -9, -11]) / 8
+    layer.kernel.assign(odd.reshape(4, 3).astype('float32'))
+    assert float(layer.ebops()) == layer.exact_ebops() == 6 * 2 * (1 + 2 + 3 + 3 + 4 + 4)
+
+
+def test_a_pooling_window_as_large_as_the_input_is_allowed():
+    assert HMaxPooling1D(4).compute_output_shape((None, 4, 3)) == (None, 1, 3)
+    with pytest.raises(ValueError, match='pool_size \\(5,\\) is larger than the input'):
+        HMaxPooling1D(5).compute_output_shape((None, 4, 3))

@@ -744,3 +744,31 @@ def test_a_pooling_window_as_large_as_the_input_is_allowed():
     assert HMaxPooling1D(4).compute_output_shape((None, 4, 3)) == (None, 1, 3)
     with pytest.raises(ValueError, match='pool_size \\(5,\\) is larger than the input'):
         HMaxPooling1D(5).compute_output_shape((None, 4, 3))
+
+
+@pytest.mark.parametrize(
+    'make, shape, expected',
+    [
+        (lambda: HConv1D(4, 3), (8, 2), (6, 4)),
+        (lambda: HConv2D(4, 3), (8, 8, 1), (6, 6, 4)),
+        (lambda: HConv1DBatchNorm(4, 3), (8, 2), (6, 4)),
+        (lambda: HConv2DBatchNorm(4, 3), (8, 8, 1), (6, 6, 4)),
+        (lambda: HMaxPooling1D(2), (8, 3), (4, 3)),
+        (lambda: HMaxPooling2D(2), (8, 6, 3), (4, 3, 3)),
+        (lambda: HAveragePooling1D(2), (8, 3), (4, 3)),
+        (lambda: HAveragePooling2D(2), (8, 6, 3), (4, 3, 3)),
+        (lambda: HGlobalAveragePooling1D(), (8, 3), (3,)),
+        (lambda: HGlobalAveragePooling2D(), (8, 4, 3), (3,)),
+    ],
+)
+def test_windowed_layers_take_their_own_number_of_spatial_axes(make, shape, expected):
+    model = keras.Sequential([keras.Input(shape), make()])
+    assert model.output_shape == (None, *expected)
+
+
+@pytest.mark.parametrize('make', [HMaxPooling1D, HAveragePooling1D])
+def test_pooling_takes_the_maximum_or_the_average(make):
+    layer = make(2, input_quantizer=_sat(4, 4))
+    keras.Sequential([keras.Input((4, 1)), layer])
+    y = np.asarray(layer(np.array([[[1.0], [3.0], [-2.0], [0.5]]], 'float32')))[0, :, 0]
+    assert y.tolist() == ([3.0, 0.5] if make is HMaxPooling1D else [2.0, -0.75])

@@ -25,6 +25,7 @@ from hgq.callbacks import (
 )
 from hgq.ebops import ebops, h_layers
 from hgq.exactness import check_float32_exact, float32_problems
+from hgq.fixed_point import quantize
 from hgq.layers import (
     HActivation,
     HAdd,
@@ -48,6 +49,7 @@ from hgq.layers import (
     HSubtract,
 )
 from hgq.layers.base import serialize_quantizer
+from hgq.lut import scalar_kif
 from hgq.quantizer import ActivationQuantizer, WeightQuantizer
 
 
@@ -772,3 +774,24 @@ def test_pooling_takes_the_maximum_or_the_average(make):
     keras.Sequential([keras.Input((4, 1)), layer])
     y = np.asarray(layer(np.array([[[1.0], [3.0], [-2.0], [0.5]]], 'float32')))[0, :, 0]
     assert y.tolist() == ([3.0, 0.5] if make is HMaxPooling1D else [2.0, -0.75])
+
+
+def _quantized(quantizer, x):
+    k, i, f = scalar_kif(quantizer)
+    return quantize(x, k, i, f, quantizer.round_mode, quantizer.overflow_mode)
+
+
+def test_softmax_reads_its_tables_when_the_sum_table_has_exactly_max_table_size_entries():
+    # Sum format: unsigned, i = 4, f = 4 -> 256 codes = max_table_size. With 20 fractional bits, exp and 1/s in
+    # float32 (the direct path) differ from the float64 tables in about 2 % of the outputs.
+    fine = {'f_init': 20.0}
+    layer = HSoftmax(max_table_size=256, exp_quantizer=fine, inv_quantizer=fine, output_quantizer=fine)
+    keras.Sequential([keras.Input((8,)), layer])
+    x = np.round(np.random.default_rng(0).uniform(-8, 0, size=(64, 8)) * 64) / 64
+    exp_table, inv_table = layer.tables()
+    xq = _quantized(layer.input_quantizer, x)
+    d = _quantized(layer.exp_input_quantizer, xq.max(axis=-1, keepdims=True) - xq)
+    e = exp_table[np.round(d * 2.0 ** scalar_kif(layer.exp_input_quantizer)[2]).astype(np.int64)]
+    s = _quantized(layer.sum_quantizer, e.sum(axis=-1, keepdims=True))
+    r = inv_table[np.round(s * 2.0 ** scalar_kif(layer.sum_quantizer)[2]).astype(np.int64)]
+    assert np.array_equal(np.asarray(layer(x.astype('float32')), np.float64), _quantized(layer.output_quantizer, e * r))

@@ -795,3 +795,15 @@ def test_softmax_reads_its_tables_when_the_sum_table_has_exactly_max_table_size_
     s = _quantized(layer.sum_quantizer, e.sum(axis=-1, keepdims=True))
     r = inv_table[np.round(s * 2.0 ** scalar_kif(layer.sum_quantizer)[2]).astype(np.int64)]
     assert np.array_equal(np.asarray(layer(x.astype('float32')), np.float64), _quantized(layer.output_quantizer, e * r))
+
+
+def test_conv_ebops_scale_is_the_share_of_output_positions_with_their_own_multipliers():
+    scales = []
+    for kwargs in ({}, {'parallelization_factor': 2}, {'parallelization_factor': 4}, {'parallelization_factor': -1}):
+        layer = HConv1D(1, 2, **kwargs)
+        keras.Sequential([keras.Input((5, 1)), layer])  # 4 output positions
+        scales.append(layer.ebops_scale())
+    assert scales == [0.25, 0.5, 1.0, 1.0]  # default: one multiplier array shared by every position
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match='parallelization_factor must be a positive int or -1'):
+            HConv1D(1, 2, parallelization_factor=bad)

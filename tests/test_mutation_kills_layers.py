@@ -740,6 +740,11 @@ def test_kernel_layer_ebops_agree_with_the_exact_ebops_at_fixed_formats():
     odd = np.array([1, 3, 5, 7, 9, 11, -1, -3, -5, -7, -9, -11]) / 8
     layer.kernel.assign(odd.reshape(4, 3).astype('float32'))
     assert float(layer.ebops()) == layer.exact_ebops() == 6 * 2 * (1 + 2 + 3 + 3 + 4 + 4)
+    # A convolution over 4 output positions with one shared multiplier array: a quarter of the products.
+    conv = HConv1D(1, 2, input_quantizer=_sat(2, 3), kernel_quantizer={'f_init': 3})
+    keras.Sequential([keras.Input((5, 1)), conv])
+    conv.kernel.assign(np.array([3, -5]).reshape(2, 1, 1).astype('float32') / 8)
+    assert float(conv.ebops()) == conv.exact_ebops() == 6 * (2 + 3) * 4 / 4
 
 
 def test_a_pooling_window_as_large_as_the_input_is_allowed():

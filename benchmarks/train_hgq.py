@@ -13,8 +13,9 @@ count every multiplication, as the common counter and HGQ2's default do). Two wa
 - constant ``beta`` (``--betas``): the final model is dumped;
 - a log ramp of ``beta`` (``--ramps START:END``, :class:`hgq.callbacks.BetaSchedule` from START at the first epoch
   to END at the last) with :class:`hgq.callbacks.ParetoFront` keeping the checkpoints that no other beats in both
-  accuracy on the training set (evaluated in inference mode after each epoch) and EBOPs; every checkpoint of the
-  front is dumped. Checkpoints are chosen on training data, never on the test set.
+  accuracy on the training set and EBOPs, each epoch's model calibrated on the training set before it is scored
+  and saved (``calibration_data``); every checkpoint of the front is dumped. Checkpoints are chosen on training
+  data, never on the test set.
 
 Both end with :class:`hgq.callbacks.SettleBits`: the activation bitwidths are frozen for the last ``--settle``
 epochs (default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats; runs

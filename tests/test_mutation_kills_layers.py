@@ -812,3 +812,28 @@ def test_conv_ebops_scale_is_the_share_of_output_positions_with_their_own_multip
     for bad in (0, -2, 1.5):
         with pytest.raises(ValueError, match='parallelization_factor must be a positive int or -1'):
             HConv1D(1, 2, parallelization_factor=bad)
+
+
+@pytest.mark.parametrize(
+    'make, message',
+    [
+        (lambda: HMaxPooling1D(0), 'pool_size must be a positive int or 1 positive ints, got 0'),
+        (lambda: HMaxPooling2D(2, strides=(1,)), r'strides must be a positive int or 2 positive ints, got \(1,\)'),
+        (lambda: HConv1D(2, 0), 'kernel_size must be a positive int or 1 positive ints, got 0'),
+        (lambda: HConv1D(2, 3, strides=-1), 'strides must be a positive int or 1 positive ints, got -1'),
+        (lambda: HConv2D(2, 3, strides=(1, 0)), r'strides must be a positive int or 2 positive ints, got \(1, 0\)'),
+    ],
+)
+def test_window_arguments_are_checked_and_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_softmax_direct_path_normalizes_over_the_last_axis_of_3d_inputs():
+    layer = HSoftmax(max_table_size=64, sum_quantizer={'i_init': 3.0, 'f_init': 3.0})  # exp table too large
+    keras.Sequential([keras.Input((2, 6)), layer])
+    x = np.array([[[0.0, -7.5, -6.0, -1.0, -3.25, -0.5], [-2.0, -1.0, 0.0, -4.0, -0.25, -3.0]]], 'float32')
+    y = np.asarray(layer(x), np.float64)
+    expected = np.exp(x - x.max(axis=-1, keepdims=True))
+    expected /= expected.sum(axis=-1, keepdims=True)
+    assert np.max(np.abs(y - expected)) < 2**-5

@@ -773,12 +773,25 @@ def test_windowed_layers_take_their_own_number_of_spatial_axes(make, shape, expe
     assert model.output_shape == (None, *expected)
 
 
-@pytest.mark.parametrize('make', [HMaxPooling1D, HAveragePooling1D])
+@pytest.mark.parametrize('make', [HMaxPooling1D, HAveragePooling1D, HMaxPooling2D, HAveragePooling2D])
 def test_pooling_takes_the_maximum_or_the_average(make):
     layer = make(2, input_quantizer=_sat(4, 4))
-    keras.Sequential([keras.Input((4, 1)), layer])
-    y = np.asarray(layer(np.array([[[1.0], [3.0], [-2.0], [0.5]]], 'float32')))[0, :, 0]
-    assert y.tolist() == ([3.0, 0.5] if make is HMaxPooling1D else [2.0, -0.75])
+    values = np.array([1.0, 3.0, -2.0, 0.5], 'float32')
+    shape = (4, 1) if make in (HMaxPooling1D, HAveragePooling1D) else (2, 2, 1)
+    keras.Sequential([keras.Input(shape), layer])
+    y = np.asarray(layer(values.reshape(1, *shape))).ravel()
+    pairs = [3.0, 0.5] if shape == (4, 1) else [3.0]
+    means = [2.0, -0.75] if shape == (4, 1) else [0.625]
+    assert y.tolist() == (pairs if make in (HMaxPooling1D, HMaxPooling2D) else means)
+
+
+def test_windows_of_one_element_are_powers_of_two_and_three_is_not():
+    assert HAveragePooling1D(1).compute_output_shape((None, 4, 2)) == (None, 4, 2)
+    keras.Sequential([keras.Input((1, 2)), HGlobalAveragePooling1D()])
+    with pytest.raises(ValueError, match='power-of-two window'):
+        HAveragePooling1D(3)
+    with pytest.raises(ValueError, match='have 0'):
+        HGlobalAveragePooling1D().build((None, 0, 2))
 
 
 def _quantized(quantizer, x):

@@ -850,3 +850,24 @@ def test_softmax_direct_path_normalizes_over_the_last_axis_of_3d_inputs():
     expected = np.exp(x - x.max(axis=-1, keepdims=True))
     expected /= expected.sum(axis=-1, keepdims=True)
     assert np.max(np.abs(y - expected)) < 2**-5
+
+
+def test_softmax_quantizer_errors_name_the_role_in_words():
+    with pytest.raises(ValueError, match=r'sum quantizer'):
+        HSoftmax(sum_quantizer={'granularity': 'element'})
+
+
+def test_softmax_training_forward_is_close_to_inference():
+    layer = HSoftmax()
+    keras.Sequential([keras.Input((5,)), layer])
+    x = np.array([[0.5, -1.0, 2.0, 0.0, -3.0], [1.0, 1.0, 1.0, 1.0, 1.0]], 'float32')
+    assert np.max(np.abs(np.asarray(layer(x, training=True)) - np.asarray(layer(x)))) < 2**-5
+
+
+def test_batchnorm_scale_is_gamma_over_the_root_of_variance_plus_epsilon():
+    # 0.0615 + 1e-3 = 0.0625: scale 4 (variance - epsilon would give 4.0656, 4.0625 at 6 fractional bits).
+    norm = HBatchNormalization(
+        scale_quantizer={'f_init': 6}, moving_variance_initializer=keras.initializers.Constant(0.0615)
+    )
+    keras.Sequential([keras.Input((2,)), norm])
+    assert np.asarray(norm.qscale).tolist() == [4.0, 4.0]

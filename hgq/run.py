@@ -479,7 +479,8 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     chosen = choose_points(points, export, metric, side, say)
     models = process_points(chosen, data, run_dir, config, convert, say)
     marked = [{**m['training'], 'label': m['tag'].split('-')[0]} for m in models]
-    plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=history, marked=marked, title=config.name)
+    calibrated = {key: history.get(f'calibrated_{key}', []) for key in (metric, 'ebops')}  # epochs as the front
+    plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=calibrated, marked=marked, title=config.name)
     synthesized = [{**mark, 'lut': m['lut']} for mark, m in zip(marked, models, strict=True) if m.get('lut')]
     if synthesized:
         plot_pareto(synthesized, run_dir / 'pareto-lut.png', metric=metric, cost='lut', title=config.name)

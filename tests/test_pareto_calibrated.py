@@ -138,3 +138,18 @@ def test_a_front_is_not_resumed_in_the_other_mode(tmp_path, data):
     front.on_epoch_end(0, {'val_accuracy': 0.5})
     with pytest.raises(ValueError, match='front of uncalibrated checkpoints'):
         _calibrated_front(tmp_path, data)
+
+
+def test_hgq_run_keeps_a_front_of_calibrated_checkpoints(tmp_path, data):
+    from hgq.config import parse_config
+    from hgq.run import train
+
+    layers = [{'type': 'HQuantize'}, {'type': 'HDense', 'units': 8}, {'type': 'HDense', 'units': 10}]
+    config = parse_config(
+        {'name': 'tiny', 'dataset': 'digits', 'model': {'layers': layers}, 'training': {'epochs': 2, 'batch_size': 32}}
+    )
+    _, history, front = train(config, data, tmp_path, verbose=0)
+    assert front.calibrated and front.points
+    for point in read_front(tmp_path / 'pareto'):
+        assert point.values['ebops'] == history['calibrated_ebops'][point.epoch - 1]
+        assert hgq.ebops(keras.models.load_model(point.path)) == point.values['ebops']

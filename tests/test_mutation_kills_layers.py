@@ -871,3 +871,34 @@ def test_batchnorm_scale_is_gamma_over_the_root_of_variance_plus_epsilon():
     )
     keras.Sequential([keras.Input((2,)), norm])
     assert np.asarray(norm.qscale).tolist() == [4.0, 4.0]
+
+
+def test_a_kernel_layer_training_loss_is_beta_times_its_ebops():
+    no_decay = {'bits_decay': 0.0}
+    layer = HDense(3, beta=0.5, input_quantizer=no_decay, kernel_quantizer=no_decay, bias_quantizer=no_decay)
+    keras.Sequential([keras.Input((4,)), layer])
+    layer(np.ones((2, 4), 'float32'), training=True)
+    ebops_now = float(layer.ebops())
+    assert ebops_now > 0
+    assert [float(loss) for loss in layer.losses] == pytest.approx([0.5 * ebops_now], rel=1e-6)
+
+
+def test_batchnorm_exports_its_quantized_scale_and_offset():
+    norm = HBatchNormalization()
+    keras.Sequential([keras.Input((3,)), norm])
+    weights = norm.quantized_weights()
+    assert list(weights) == ['scale', 'offset']
+    assert np.array_equal(weights['scale'][0], np.asarray(norm.qscale, np.float64))
+    assert np.array_equal(weights['offset'][0], np.asarray(norm.qoffset, np.float64))
+
+
+def test_dense_acts_on_the_last_axis_which_needs_a_fixed_size():
+    model = keras.Sequential([keras.Input((5, 4)), HDense(2)])
+    assert model.output_shape == (None, 5, 2)
+    with pytest.raises(ValueError, match='the last input axis needs a fixed size'):
+        keras.Sequential([keras.Input((5, None)), HDense(2)])
+
+
+def test_pooling_windows_default_to_two():
+    assert keras.Sequential([keras.Input((8, 3)), HMaxPooling1D()]).output_shape == (None, 4, 3)
+    assert keras.Sequential([keras.Input((8, 6, 3)), HAveragePooling2D()]).output_shape == (None, 4, 3, 3)

@@ -90,6 +90,8 @@ class TrainingConfig:
     lr_final: float = 0.01
     beta: BetaConfig = field(default_factory=lambda: BetaConfig('schedule', 1e-6))
     distribution: str = 'none'
+    # The Pareto front ranks and saves each epoch's model calibrated on the training set (ParetoFront calibration_data).
+    calibrated_front: bool = True
 
 
 @dataclass(frozen=True)
@@ -286,6 +288,7 @@ def _parse_training(data: Any) -> TrainingConfig:
         lr_final=s.get('lr_final', 0.01, float, check=lambda v: 0 <= v <= 1, expected='a fraction in [0, 1]'),
         beta=_parse_beta(s.get('beta', 1e-6)),
         distribution=s.get('distribution', 'none', str, DISTRIBUTIONS),
+        calibrated_front=s.get('calibrated_front', True, bool),
     )
     s.done()
     if config.distribution == 'data_parallel':

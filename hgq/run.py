@@ -92,7 +92,8 @@ def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbos
 
     The front holds calibrated models: each epoch's model is calibrated on the training set and ranked by its
     validation metric and exact EBOPs (:class:`hgq.callbacks.ParetoFront` with ``calibration_data``), as it will be
-    deployed. Data holding NaN or infinite values are refused before anything is built.
+    deployed; ``training.calibrated_front: false`` ranks the epoch logs instead. Data holding NaN or infinite
+    values are refused before anything is built.
 
     Returns
     -------
@@ -115,12 +116,13 @@ def train(config: RunConfig, data: Dataset, directory: str | os.PathLike, verbos
         loss, metrics, metric, side = _task(data)
         steps = math.ceil(len(data.x_train) / config.training.batch_size)
         model.compile(_optimizer(config, steps), loss, metrics=metrics)
+        calibrated = config.training.calibrated_front
         front = ParetoFront(
             Path(directory) / 'pareto',
             metrics=(metric, 'ebops'),
             sides=(side, 'min'),
-            calibration_data=data.x_train,
-            validation_data=(data.x_val, data.y_val),
+            calibration_data=data.x_train if calibrated else None,
+            validation_data=(data.x_val, data.y_val) if calibrated else None,
         )
         history = model.fit(
             data.x_train,
@@ -479,8 +481,9 @@ def _run(config: RunConfig, run_dir: Path, convert: bool, verbose: int, say: Say
     chosen = choose_points(points, export, metric, side, say)
     models = process_points(chosen, data, run_dir, config, convert, say)
     marked = [{**m['training'], 'label': m['tag'].split('-')[0]} for m in models]
-    calibrated = {key: history.get(f'calibrated_{key}', []) for key in (metric, 'ebops')}  # epochs as the front
-    plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=calibrated, marked=marked, title=config.name)
+    prefix = 'calibrated_' if front.calibrated else ''  # every epoch as the front measures it
+    epochs = {key: history.get(f'{prefix}{key}', []) for key in (metric, 'ebops')}
+    plot_pareto(points, run_dir / 'pareto.png', metric=metric, history=epochs, marked=marked, title=config.name)
     synthesized = [{**mark, 'lut': m['lut']} for mark, m in zip(marked, models, strict=True) if m.get('lut')]
     if synthesized:
         plot_pareto(synthesized, run_dir / 'pareto-lut.png', metric=metric, cost='lut', title=config.name)
@@ -558,7 +561,8 @@ def write_report(results: dict[str, Any], path: str | os.PathLike) -> Path:
         '![Pareto front](pareto.png)',
         '',
         *(['![Accuracy vs yosys LUTs](pareto-lut.png)', ''] if any('lut' in m for m in results['models']) else []),
-        f'## Pareto front ({len(results["front"])} calibrated checkpoints)',
+        f'## Pareto front ({len(results["front"])} {"calibrated " if training.get("calibrated_front") else ""}'
+        'checkpoints)',
         '',
         f'| epoch | {metric} | EBOPs | file |',
         '|---|---|---|---|',

@@ -153,3 +153,24 @@ def test_hgq_run_keeps_a_front_of_calibrated_checkpoints(tmp_path, data):
     for point in read_front(tmp_path / 'pareto'):
         assert point.values['ebops'] == history['calibrated_ebops'][point.epoch - 1]
         assert hgq.ebops(keras.models.load_model(point.path)) == point.values['ebops']
+
+
+def test_hgq_run_can_rank_the_epoch_logs_instead(tmp_path, data):
+    from hgq.config import ConfigError, parse_config
+    from hgq.run import train
+
+    layers = [{'type': 'HQuantize'}, {'type': 'HDense', 'units': 10}]
+    training = {'epochs': 1, 'batch_size': 32, 'calibrated_front': False}
+    config = parse_config({'name': 'logged', 'dataset': 'digits', 'model': {'layers': layers}, 'training': training})
+    assert config.to_dict()['training']['calibrated_front'] is False
+    _, history, front = train(config, data, tmp_path, verbose=0)
+    assert not front.calibrated and 'calibrated_ebops' not in history
+    with pytest.raises(ConfigError, match='training.calibrated_front'):
+        parse_config(
+            {
+                'name': 'x',
+                'dataset': 'digits',
+                'model': {'layers': layers},
+                'training': {**training, 'calibrated_front': 1},
+            }
+        )

@@ -799,11 +799,14 @@ def _quantized(quantizer, x):
     return quantize(x, k, i, f, quantizer.round_mode, quantizer.overflow_mode)
 
 
-def test_softmax_reads_its_tables_when_the_sum_table_has_exactly_max_table_size_entries():
-    # Sum format: unsigned, i = 4, f = 4 -> 256 codes = max_table_size. With 20 fractional bits, exp and 1/s in
-    # float32 (the direct path) differ from the float64 tables in about 2 % of the outputs.
+@pytest.mark.parametrize('size, sum_format', [(256, {}), (128, {'i_init': 3.0, 'f_init': 4.0})])
+def test_softmax_reads_its_tables_when_a_table_has_exactly_max_table_size_entries(size, sum_format):
+    # Exp input: unsigned, i = 3, f = 4 -> 128 codes; sum: i = 4, f = 4 -> 256 codes, or 128. With 20 fractional
+    # bits, exp and 1/s in float32 (the direct path) differ from the float64 tables in about 2 % of the outputs.
     fine = {'f_init': 20.0}
-    layer = HSoftmax(max_table_size=256, exp_quantizer=fine, inv_quantizer=fine, output_quantizer=fine)
+    layer = HSoftmax(
+        max_table_size=size, exp_quantizer=fine, inv_quantizer=fine, output_quantizer=fine, sum_quantizer=sum_format
+    )
     keras.Sequential([keras.Input((8,)), layer])
     x = np.round(np.random.default_rng(0).uniform(-8, 0, size=(64, 8)) * 64) / 64
     exp_table, inv_table = layer.tables()

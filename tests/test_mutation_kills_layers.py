@@ -556,8 +556,9 @@ def test_softmax_computes_directly_when_only_the_exp_table_is_too_large():
         layer.tables()
 
 
-def test_every_softmax_quantizer_adds_its_bits_decay_in_training():
-    layer = HSoftmax()
+@pytest.mark.parametrize('make', [HSoftmax, lambda: HActivation('tanh')])
+def test_every_table_layer_quantizer_adds_its_bits_decay_in_training(make):
+    layer = make()
     keras.Sequential([keras.Input((5,)), layer])
     layer(np.zeros((2, 5), 'float32'), training=True)
     assert all(quantizer.losses for quantizer in layer.quantizers), [q.name for q in layer.quantizers if not q.losses]

@@ -52,14 +52,36 @@ __all__ = [
     'WeightQuantizer',
     'ScaledStep',
     'round_ste',
+    'straight_through',
     'bits_shape',
     'effective_bits',
 ]
 
 
+def straight_through(value: Any, x: Any) -> Any:
+    """``value`` in the forward pass, exactly; the gradient of ``x`` in the backward pass.
+
+    The usual form ``x + stop_gradient(value - x)`` is exact op by op, but not in every compiled graph:
+    TensorFlow's graph optimizer drops ``stop_gradient`` from inference graphs (``model.predict``) and may regroup
+    a sum such as ``k + (x + (value - x)) + f`` so that the raw ``x`` meets other terms first, which rounds. A
+    saturating quantizer's learned bound then came out ``0.9374998`` instead of ``0.9375``. Here ``value`` enters
+    sums on its own, and ``x`` only through a product that is exactly 0 by a factor the optimizer cannot fold,
+    so no regrouping of sums reaches it.
+
+    Examples
+    --------
+    >>> import keras
+    >>> x = keras.ops.convert_to_tensor([0.3, 1.7])
+    >>> keras.ops.convert_to_numpy(straight_through(keras.ops.round(x), x)).tolist()
+    [0.0, 2.0]
+    """
+    one = ops.stop_gradient(ops.sign(ops.abs(x) + 1.0))  # 1, computed at run time so that it is not folded away
+    return ops.stop_gradient(value) + (x - ops.stop_gradient(x)) * one
+
+
 def round_ste(x: Any) -> Any:
     """Round half up in the forward pass, identity in the backward pass (straight-through estimator)."""
-    return x + ops.stop_gradient(ops.floor(x + 0.5) - x)
+    return straight_through(ops.floor(x + 0.5), x)
 
 
 def _ceil_log2(v: Any) -> Any:
@@ -104,7 +126,7 @@ class _RepeatedQuery:
 
 def _round_codes_ste(round_mode: str):
     def round_fn(y: Any) -> Any:
-        return y + ops.stop_gradient(round_codes(y, round_mode, ops) - y)
+        return straight_through(round_codes(y, round_mode, ops), y)
 
     return round_fn
 

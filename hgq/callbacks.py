@@ -690,10 +690,12 @@ class ParetoFront(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = {} if logs is None else logs
-        log_ebops(self.model, logs)
         if not self.calibrated:
+            log_ebops(self.model, logs)
             self._consider(epoch, self._values(logs))
             return
+        if not math.isfinite(log_ebops(self.model, logs)):
+            return  # EBOPs are nan when weights are not finite: a diverged model has nothing to calibrate
         quantizers = wrap_quantizers(self.model)
         saved = [(v, ops.convert_to_numpy(v)) for q in quantizers for v in q.non_trainable_weights]
         try:

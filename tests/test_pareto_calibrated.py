@@ -174,3 +174,15 @@ def test_hgq_run_can_rank_the_epoch_logs_instead(tmp_path, data):
                 'training': {**training, 'calibrated_front': 1},
             }
         )
+
+
+def test_a_diverged_model_is_no_checkpoint_and_no_calibration_error(tmp_path, data):
+    model = _model()
+    model(data.x_val[:1])
+    front = _calibrated_front(tmp_path, data)
+    front.set_model(model)
+    kernel = model.layers[1].kernel
+    kernel.assign(np.full(kernel.shape, np.nan, dtype='float32'))
+    with pytest.warns(RuntimeWarning, match='non-finite weights'):
+        front.on_epoch_end(0, {'val_accuracy': 0.1})
+    assert front.points == [] and list(tmp_path.iterdir()) == []

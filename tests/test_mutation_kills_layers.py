@@ -906,3 +906,33 @@ def test_dense_acts_on_the_last_axis_which_needs_a_fixed_size():
 def test_pooling_windows_default_to_two():
     assert keras.Sequential([keras.Input((8, 3)), HMaxPooling1D()]).output_shape == (None, 4, 3)
     assert keras.Sequential([keras.Input((8, 6, 3)), HAveragePooling2D()]).output_shape == (None, 4, 3, 3)
+
+
+def test_a_sum_pays_the_bits_of_every_input():
+    layer = HAdd()
+    inputs = [keras.Input((3,)) for _ in range(3)]
+    keras.Model(inputs, layer(inputs))
+    for n, quantizer in enumerate(layer.activation_quantizers):
+        quantizer.f.assign(np.full(quantizer.f.shape, 2.0 + n, 'float32'))
+    widths = [float(keras.ops.sum(q.bits())) for q in layer.activation_quantizers]
+    assert float(layer.bits_cost()) == sum(widths) and len(set(widths)) == 3
+
+
+def test_beta_is_a_variable_that_no_optimizer_trains():
+    layer = HDense(2, beta=1e-5)
+    keras.Sequential([keras.Input((3,)), layer])
+    assert 'beta' in [v.name for v in layer.non_trainable_weights]
+    assert 'beta' not in [v.name for v in layer.trainable_weights]
+
+
+def test_batchnorm_checks_momentum_and_its_last_axis():
+    HBatchNormalization(momentum=0.0)
+    with pytest.raises(ValueError, match=r'momentum must be in \[0, 1\), got 1.0'):
+        HBatchNormalization(momentum=1.0)
+    with pytest.raises(ValueError, match='the last input axis needs a fixed size'):
+        keras.Sequential([keras.Input((5, None)), HBatchNormalization()])
+
+
+def test_a_pooling_window_larger_than_any_one_axis_is_refused():
+    with pytest.raises(ValueError, match='is larger than the input'):
+        HMaxPooling2D((5, 1)).compute_output_shape((None, 4, 4, 1))

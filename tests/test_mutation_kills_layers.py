@@ -544,14 +544,22 @@ def test_a_table_of_exactly_max_table_size_entries_is_allowed():
         small.table()
 
 
+def _direct_softmax(layer, x):
+    """The softmax chain of ``layer``'s quantizers on the functions themselves (float64 numpy), as for large tables."""
+    xq = _quantized(layer.input_quantizer, x)
+    d = _quantized(layer.exp_input_quantizer, xq.max(axis=-1, keepdims=True) - xq)
+    e = _quantized(layer.exp_quantizer, np.exp(-d))
+    s = _quantized(layer.sum_quantizer, e.sum(axis=-1, keepdims=True))
+    return _quantized(layer.output_quantizer, e * _quantized(layer.inv_quantizer, 1.0 / s))
+
+
 def test_softmax_computes_directly_when_only_the_exp_table_is_too_large():
     # exp input: unsigned, i = 3, f = 4 -> 128 codes > 64; sum: i = 3, f = 3 -> 64 codes: fits.
     layer = HSoftmax(max_table_size=64, sum_quantizer={'i_init': 3.0, 'f_init': 3.0})
     keras.Sequential([keras.Input((6,)), layer])
     x = np.array([[0.0, -7.5, -6.0, -1.0, -3.25, -0.5]], 'float32')
     y = np.asarray(layer(x), np.float64)
-    expected = np.exp(x - x.max()) / np.exp(x - x.max()).sum()
-    assert np.max(np.abs(y - expected)) < 2**-5  # the quantized chain, not a table read beyond its end
+    assert np.max(np.abs(y - _direct_softmax(layer, x.astype(np.float64)))) <= 2**-8  # float32 exp: one step at most
     with pytest.raises(ValueError, match='needs a table of 128 entries'):
         layer.tables()
 
@@ -851,9 +859,9 @@ def test_softmax_direct_path_normalizes_over_the_last_axis_of_3d_inputs():
     keras.Sequential([keras.Input((2, 6)), layer])
     x = np.array([[[0.0, -7.5, -6.0, -1.0, -3.25, -0.5], [-2.0, -1.0, 0.0, -4.0, -0.25, -3.0]]], 'float32')
     y = np.asarray(layer(x), np.float64)
-    expected = np.exp(x - x.max(axis=-1, keepdims=True))
-    expected /= expected.sum(axis=-1, keepdims=True)
-    assert np.max(np.abs(y - expected)) < 2**-5
+    assert np.max(np.abs(y - _direct_softmax(layer, x.astype(np.float64)))) <= 2**-8
+    with pytest.raises(ValueError, match='with a fixed last axis'):
+        keras.Sequential([keras.Input((3, None)), HSoftmax()])
 
 
 def test_softmax_quantizer_errors_name_the_role_in_words():
@@ -863,8 +871,8 @@ def test_softmax_quantizer_errors_name_the_role_in_words():
 
 def test_softmax_training_forward_is_close_to_inference():
     layer = HSoftmax()
-    keras.Sequential([keras.Input((5,)), layer])
-    x = np.array([[0.5, -1.0, 2.0, 0.0, -3.0], [1.0, 1.0, 1.0, 1.0, 1.0]], 'float32')
+    keras.Sequential([keras.Input((2, 5)), layer])  # 3-D: the sum runs over the last axis only
+    x = np.array([[[0.5, -1.0, 2.0, 0.0, -3.0], [1.0, 1.0, 1.0, 1.0, 1.0]]], 'float32')
     assert np.max(np.abs(np.asarray(layer(x, training=True)) - np.asarray(layer(x)))) < 2**-5
 
 

@@ -944,3 +944,9 @@ def test_batchnorm_checks_momentum_and_its_last_axis():
 def test_a_pooling_window_larger_than_any_one_axis_is_refused():
     with pytest.raises(ValueError, match='is larger than the input'):
         HMaxPooling2D((5, 1)).compute_output_shape((None, 4, 4, 1))
+
+
+def test_batchnorm_offset_is_added_to_the_shift():
+    norm = HBatchNormalization(offset_initializer=keras.initializers.Constant(0.5))
+    keras.Sequential([keras.Input((2,)), norm])
+    assert np.asarray(norm.qoffset).tolist() == [0.5, 0.5]  # moving mean 0: the offset itself

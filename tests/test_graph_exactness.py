@@ -2,15 +2,45 @@
 
 TensorFlow's graph optimizer drops ``stop_gradient`` from inference graphs and may regroup sums; the quantizers'
 straight-through estimators must stay exact under any such regrouping (:func:`hgq.quantizer.straight_through`).
+
+Every H-layer kind sits in one small network, every layer's output is compared (``np.array_equal``) between the eager
+call, ``model.predict`` (a TensorFlow graph), ``model.predict`` after ``compile(jit_compile=True)`` (XLA) and, for the
+training forward pass, ``tf.function`` against eager. The bitwidths and weights hold non-integer values, as training
+leaves them, and the inputs overflow the ranges (wrap-around or saturation) and hit rounding ties.
 """
 
 import keras
 import numpy as np
 import pytest
 
+import hgq
 from hgq.fixed_point import quantize
-from hgq.layers import HDense, HQuantize
-from hgq.quantizer import ActivationQuantizer
+from hgq.layers import (
+    HActivation,
+    HAdd,
+    HAveragePooling1D,
+    HAveragePooling2D,
+    HBatchNormalization,
+    HConcatenate,
+    HConv1D,
+    HConv1DBatchNorm,
+    HConv2D,
+    HConv2DBatchNorm,
+    HDense,
+    HDenseBatchNorm,
+    HGlobalAveragePooling1D,
+    HGlobalAveragePooling2D,
+    HLayer,
+    HMaxPooling1D,
+    HMaxPooling2D,
+    HMultiply,
+    HQuantize,
+    HSoftmax,
+    HSubtract,
+)
+from hgq.quantizer import ActivationQuantizer, WeightQuantizer
+
+SAMPLES = 256
 
 
 def _learned_sat_model(rng: np.random.Generator, n: int) -> keras.Model:
@@ -37,3 +67,114 @@ def test_predict_equals_the_eager_call_for_learned_saturating_bits(seed: int) ->
     assert np.array_equal(eager, expected)
     assert np.array_equal(graph, expected)
     assert np.array_equal(model.predict(x, verbose=0), keras.ops.convert_to_numpy(model(x)))
+
+
+FORMATS = [
+    (overflow, rounding)
+    for rounding in ('RND', 'RND_CONV', 'TRN', 'TRN_ZERO', 'RND_ZERO', 'RND_INF', 'RND_MIN_INF')
+    for overflow in ('WRAP', 'SAT', 'SAT_SYM')
+]
+
+
+def _every_layer_kind(shift: int) -> keras.Model:
+    """A network holding every H-layer kind; its outputs are the outputs of all its H-layers, in order.
+
+    The input quantizers take the overflow and rounding modes of :data:`FORMATS` in turn, from ``shift`` on.
+    """
+    formats = iter(FORMATS[shift:] + FORMATS[:shift])
+
+    def q(**kwargs) -> dict:
+        overflow_mode, round_mode = next(formats)
+        quantizer = ActivationQuantizer(overflow_mode=overflow_mode, round_mode=round_mode, **kwargs)
+        return {'input_quantizer': quantizer}
+
+    # Table layers saturate their inputs (WRAP there is a different table, not a different path).
+    overflow_mode, round_mode = next(formats)
+    table = {
+        'input_quantizer': {
+            'overflow_mode': 'SAT_SYM' if overflow_mode == 'WRAP' else overflow_mode,
+            'round_mode': round_mode,
+        }
+    }
+    seq, other, image = keras.Input((8, 3)), keras.Input((8, 3)), keras.Input((6, 6, 2))
+    a = HQuantize(**q())(seq)
+    b = HConv1D(4, 3, padding='same', **q(granularity='channel'))(other)
+    c = HConv1DBatchNorm(4, 3, padding='same', **q())(a)
+    merged = HConcatenate(**q())([HAdd(**q())([b, c]), HSubtract(**q())([b, c]), HMultiply(**q())([b, c])])
+    pooled = HAveragePooling1D(2, **q())(HMaxPooling1D(2, **q())(merged))
+    seq_features = HGlobalAveragePooling1D(**q(granularity='tensor'))(pooled)
+    d = HConv2DBatchNorm(4, 2, **q())(HConv2D(3, 3, **q())(image))
+    image_features = HGlobalAveragePooling2D(**q())(HAveragePooling2D(1, **q())(HMaxPooling2D(2, **q())(d)))
+    h = HBatchNormalization(**q())(HConcatenate(**q())([seq_features, image_features]))
+    h = HDenseBatchNorm(6, **q())(HDense(8, **q())(h))
+    h = HActivation('tanh', **table)(HActivation('relu', **q())(h))
+    out = HSoftmax()(h)
+    model = keras.Model([seq, other, image], out)
+    return keras.Model(model.inputs, [layer.output for layer in model.layers if isinstance(layer, HLayer)])
+
+
+def _learned_state(model: keras.Model, rng: np.random.Generator) -> None:
+    """Non-integer bitwidths and weights, as training leaves them; WRAP ranges narrower than the inputs."""
+    for layer in model.layers:
+        if not isinstance(layer, HLayer):
+            continue
+        # The softmax's inner formats keep their defaults: random ones can make its sum 0 (and its output NaN).
+        quantizers = [layer.input_quantizer] if isinstance(layer, HSoftmax) else layer.quantizers
+        for quantizer in quantizers:
+            quantizer.f.assign(rng.uniform(0.6, 5.4, quantizer.f.shape).astype('float32'))
+            if isinstance(quantizer, WeightQuantizer):
+                continue
+            if quantizer.tracks_range:
+                low = rng.uniform(-2.0, 0.3, quantizer.vmin.shape).astype('float32')
+                quantizer.set_range(low, low + rng.uniform(0.1, 3.0, low.shape).astype('float32'))
+                quantizer.train_peak.assign(keras.ops.maximum(-quantizer.vmin, quantizer.vmax))
+            else:
+                quantizer.i.assign(rng.uniform(-1.5, 1.5, quantizer.i.shape).astype('float32'))
+        for weight in layer.weights:
+            if weight.name in ('kernel', 'bias', 'gamma', 'offset'):
+                weight.assign(rng.uniform(-1.5, 1.5, weight.shape).astype('float32'))
+            elif weight.name in ('moving_mean', 'moving_variance'):
+                weight.assign(rng.uniform(0.25, 2.0, weight.shape).astype('float32'))
+
+
+def _inputs(model: keras.Model, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+    """Values far beyond the learned ranges; half of them on a 2**-6 grid, so that rounding meets ties."""
+    xs = [rng.uniform(-6.0, 6.0, (n, *tensor.shape[1:])).astype('float32') for tensor in model.inputs]
+    for x in xs:
+        x[: n // 2] = np.round(x[: n // 2] * 64.0) / 64.0
+    return xs
+
+
+def _numpy(outputs) -> list[np.ndarray]:
+    return [np.asarray(keras.ops.convert_to_numpy(o)) for o in outputs]
+
+
+def _mismatches(got: list[np.ndarray], expected: list[np.ndarray], model: keras.Model) -> list[str]:
+    names = [layer.name for layer in model.layers if isinstance(layer, HLayer)]
+    return [
+        f'{name}: {int(np.sum(g != e))} of {e.size} differ, e.g. {g[g != e][0]!r} for {e[g != e][0]!r}'
+        for name, g, e in zip(names, got, expected, strict=True)
+        if not np.array_equal(g, e)
+    ]
+
+
+@pytest.mark.parametrize(('shift', 'calibrated', 'xla'), [(0, False, True), (10, True, False)])
+def test_every_layer_kind_predicts_what_it_computes_op_by_op(shift: int, calibrated: bool, xla: bool) -> None:
+    rng = np.random.default_rng(shift)
+    model = _every_layer_kind(shift)
+    _learned_state(model, rng)
+    x = _inputs(model, rng, SAMPLES)
+    if calibrated:
+        hgq.calibrate(model, [v[: SAMPLES // 2] / 2.0 for v in x])  # half the data then overflows the ranges
+    eager = _numpy(model(x))
+    h_layers = [layer for layer in model.layers if isinstance(layer, HLayer)]
+    front = next(n for n, layer in enumerate(h_layers) if isinstance(layer, HQuantize))  # the numpy reference too
+    quantizer = h_layers[front].input_quantizer
+    expected = quantize(x[0], *quantizer.kif(), quantizer.round_mode, quantizer.overflow_mode)
+    assert np.array_equal(eager[front], expected)
+    graph = _numpy(model.predict(x, verbose=0, batch_size=SAMPLES))
+    assert not _mismatches(graph, eager, model)
+    if xla:  # compiling costs seconds: one network
+        model.compile(jit_compile=True)
+        compiled = _numpy(model.predict(x, verbose=0, batch_size=SAMPLES))
+        assert not _mismatches(compiled, eager, model)

@@ -178,3 +178,24 @@ def test_every_layer_kind_predicts_what_it_computes_op_by_op(shift: int, calibra
         model.compile(jit_compile=True)
         compiled = _numpy(model.predict(x, verbose=0, batch_size=SAMPLES))
         assert not _mismatches(compiled, eager, model)
+
+
+@pytest.mark.skipif(keras.backend.backend() != 'tensorflow', reason='tf.function')
+def test_the_training_forward_pass_is_the_same_in_a_graph() -> None:
+    """``model(x, training=True)`` in ``tf.function`` equals the eager call: outputs and the state it updates."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    model = _every_layer_kind(5)
+    _learned_state(model, rng)
+    x = _inputs(model, rng, SAMPLES)
+    before = [keras.ops.convert_to_numpy(v) for v in model.variables]
+    eager = _numpy(model(x, training=True))
+    eager_state = [keras.ops.convert_to_numpy(v) for v in model.variables]
+    for variable, value in zip(model.variables, before, strict=True):
+        variable.assign(value)
+    graph = _numpy(tf.function(lambda inputs: model(inputs, training=True))(x))
+    assert not _mismatches(graph, eager, model)
+    changed = [v.path for v, e in zip(model.variables, eager_state, strict=True) if not np.array_equal(v.numpy(), e)]
+    assert not changed
+    assert any(not np.array_equal(b, e) for b, e in zip(before, eager_state, strict=True))  # ranges did move

@@ -52,7 +52,7 @@ def _learned_sat_model(rng: np.random.Generator, n: int) -> keras.Model:
     return model
 
 
-@pytest.mark.parametrize('seed', [0, 1])
+@pytest.mark.parametrize('seed', [0])
 def test_predict_equals_the_eager_call_for_learned_saturating_bits(seed: int) -> None:
     rng = np.random.default_rng(seed)
     model = _learned_sat_model(rng, 256)
@@ -158,8 +158,9 @@ def _mismatches(got: list[np.ndarray], expected: list[np.ndarray], model: keras.
     ]
 
 
-@pytest.mark.parametrize(('shift', 'calibrated', 'xla'), [(0, False, True), (10, True, False)])
-def test_every_layer_kind_predicts_what_it_computes_op_by_op(shift: int, calibrated: bool, xla: bool) -> None:
+@pytest.mark.parametrize(('shift', 'calibrated', 'jit_compile'), [(0, False, True), (10, True, False)])
+def test_every_layer_kind_predicts_what_it_computes_op_by_op(shift: int, calibrated: bool, jit_compile: bool) -> None:
+    """One network through XLA (compiling it costs seconds), the other through the plain TensorFlow graph."""
     rng = np.random.default_rng(shift)
     model = _every_layer_kind(shift)
     _learned_state(model, rng)
@@ -172,12 +173,9 @@ def test_every_layer_kind_predicts_what_it_computes_op_by_op(shift: int, calibra
     quantizer = h_layers[front].input_quantizer
     expected = quantize(x[0], *quantizer.kif(), quantizer.round_mode, quantizer.overflow_mode)
     assert np.array_equal(eager[front], expected)
+    model.compile(jit_compile=jit_compile)
     graph = _numpy(model.predict(x, verbose=0, batch_size=SAMPLES))
     assert not _mismatches(graph, eager, model)
-    if xla:  # compiling costs seconds: one network
-        model.compile(jit_compile=True)
-        compiled = _numpy(model.predict(x, verbose=0, batch_size=SAMPLES))
-        assert not _mismatches(compiled, eager, model)
 
 
 @pytest.mark.skipif(keras.backend.backend() != 'tensorflow', reason='tf.function')

@@ -171,8 +171,9 @@ def _quantize(
     scale = 2.0**f
     codes = round_codes(x * scale, round_mode, xp) if round_fn is None else round_fn(x * scale)
     codes = _apply_overflow(codes, k, xp.maximum(b, 0), overflow_mode, xp)
-    # ``+ 0.0`` turns -0.0 (from ceil of small negatives, or 0 * x) into +0.0: ap_fixed has no negative zero.
-    return xp.where(b > 0, codes / scale, 0.0 * x) + 0.0
+    # ``+ 0.0`` turns -0.0 (from ceil of small negatives) into +0.0: ap_fixed has no negative zero. A zero-width
+    # format gives 0 even for an infinite ``x`` (``0 * x`` would be NaN: a reciprocal table's entry for 0).
+    return xp.where(b > 0, codes / scale, 0.0) + 0.0
 
 
 def quantize(

@@ -197,3 +197,20 @@ def test_the_training_forward_pass_is_the_same_in_a_graph() -> None:
     changed = [v.path for v, e in zip(model.variables, eager_state, strict=True) if not np.array_equal(v.numpy(), e)]
     assert not changed
     assert any(not np.array_equal(b, e) for b, e in zip(before, eager_state, strict=True))  # ranges did move
+
+
+def test_a_zero_width_format_gives_zero_even_for_an_infinite_value() -> None:
+    """Training can take a softmax's exp and reciprocal formats to zero width: the output is then 0, not NaN.
+
+    The reciprocal table's entry for a sum of 0 is the quantized ``1 / 0``; ``0 * inf`` made it NaN, and with it
+    every output of a row whose exponentials all round to 0.
+    """
+    x = np.array([np.inf, -np.inf, 1.0, -3.0], dtype='float32')
+    for overflow_mode in ('WRAP', 'SAT', 'SAT_SYM'):
+        assert np.array_equal(quantize(x, 0, -1, 1, 'RND', overflow_mode), np.zeros(4))
+    zero_width = {'i_init': -1.0, 'f_init': 1.0}
+    model = keras.Sequential([keras.Input((6,)), HSoftmax(exp_quantizer=zero_width, inv_quantizer=zero_width)])
+    x = np.random.default_rng(0).uniform(-8.0, 8.0, (SAMPLES, 6)).astype('float32')
+    eager = keras.ops.convert_to_numpy(model(x))
+    assert np.array_equal(eager, np.zeros_like(x))
+    assert np.array_equal(model.predict(x, verbose=0), eager)

@@ -950,3 +950,24 @@ def test_batchnorm_offset_is_added_to_the_shift():
     norm = HBatchNormalization(offset_initializer=keras.initializers.Constant(0.5))
     keras.Sequential([keras.Input((2,)), norm])
     assert np.asarray(norm.qoffset).tolist() == [0.5, 0.5]  # moving mean 0: the offset itself
+
+
+def test_a_lookup_table_too_large_for_its_limit_is_computed_directly():
+    # Input k = 1, i = 6, f = 0: 128 codes > 16, so the layer computes q(tanh(x)) instead of reading a table.
+    layer = HActivation('tanh', max_table_size=16, input_quantizer={'i_init': 6.0, 'f_init': 0.0})
+    keras.Sequential([keras.Input((1,)), layer])
+    x = np.arange(-64, 64, dtype='float32')[:, None]
+    expected = _quantized(layer.output_quantizer, np.tanh(x.astype(np.float64)))
+    assert np.max(np.abs(np.asarray(layer(x), np.float64) - expected)) <= 2**-8
+
+
+def test_activation_layers_list_their_output_quantizer():
+    table = HActivation('tanh')
+    assert table.quantizers == [table.input_quantizer, table.output_quantizer]
+    relu = HActivation('relu')
+    assert relu.quantizers == [relu.input_quantizer]
+
+
+def test_pooling_names_itself_when_an_axis_has_no_fixed_size():
+    with pytest.raises(ValueError, match=r'^pool: every axis but the batch axis needs a fixed size'):
+        keras.Sequential([keras.Input((None, 3)), HMaxPooling1D(name='pool')])

@@ -971,3 +971,8 @@ def test_activation_layers_list_their_output_quantizer():
 def test_pooling_names_itself_when_an_axis_has_no_fixed_size():
     with pytest.raises(ValueError, match=r'^pool: every axis but the batch axis needs a fixed size'):
         keras.Sequential([keras.Input((None, 3)), HMaxPooling1D(name='pool')])
+
+
+def test_concatenate_output_size_is_unknown_if_one_input_size_is():
+    assert HConcatenate().compute_output_shape([(None, 2), (None, None)]) == (None, None)
+    assert HConcatenate().compute_output_shape([(None, 2), (None, 3)]) == (None, 5)

@@ -976,3 +976,27 @@ def test_pooling_names_itself_when_an_axis_has_no_fixed_size():
 def test_concatenate_output_size_is_unknown_if_one_input_size_is():
     assert HConcatenate().compute_output_shape([(None, 2), (None, None)]) == (None, None)
     assert HConcatenate().compute_output_shape([(None, 2), (None, 3)]) == (None, 5)
+
+
+def test_a_lookup_table_may_wrap_its_input_but_must_saturate_its_output():
+    HActivation('tanh', input_quantizer={'overflow_mode': 'WRAP'})
+    with pytest.raises(ValueError, match='the output quantizer must saturate'):
+        HActivation('tanh', output_quantizer={'overflow_mode': 'WRAP'})
+
+
+def test_merge_and_convolution_shape_checks():
+    with pytest.raises(ValueError, match='kernel_size \\(5, 1\\) is larger than the input'):
+        keras.Sequential([keras.Input((4, 4, 1)), HConv2D(1, (5, 1))])
+    with pytest.raises(ValueError, match='dilation_rate must be a positive int or 1 positive ints, got 0'):
+        HConv1D(2, 3, dilation_rate=0)
+    three = [keras.Input((2,)) for _ in range(3)]
+    with pytest.raises(ValueError, match='expected 2 inputs, got 3'):
+        HMultiply()(three)
+    with pytest.raises(ValueError, match='all inputs must have the same rank'):
+        HConcatenate()([keras.Input((2,)), keras.Input((2, 3))])
+
+
+def test_batchnorm_prices_its_input_in_its_ebops_not_again_in_bits_cost():
+    norm = HBatchNormalization()
+    keras.Sequential([keras.Input((3,)), norm])
+    assert norm.priced_quantizers == [norm.input_quantizer] and float(norm.bits_cost()) == 0.0

@@ -1000,3 +1000,19 @@ def test_batchnorm_prices_its_input_in_its_ebops_not_again_in_bits_cost():
     norm = HBatchNormalization()
     keras.Sequential([keras.Input((3,)), norm])
     assert norm.priced_quantizers == [norm.input_quantizer] and float(norm.bits_cost()) == 0.0
+
+
+# -- quantizer: exact integer bits of tracked ranges ----------------------------------------------------------------
+def test_tracked_integer_bits_are_exact_where_log2_is_off_by_ulps():
+    """``i = ceil(log2(.))`` exactly: Keras's ``log2`` gives ``-25.999998`` for ``2**-26`` and exactly ``4`` for
+    ``16 + 2**-19`` (as ``16 + 2**-f`` enters the unsigned bound), one step too many and one too few."""
+    tiny = ActivationQuantizer(f_init=26.0, i_init=-3.0, overflow_mode='WRAP')
+    tiny.build((None, 2))
+    tiny.set_range(np.array([-(2.0**-26), 0.0], 'float32'), np.array([0.0, 2.0**-26], 'float32'))
+    k, i, _ = tiny.kif()
+    assert k.tolist() == [1, 0] and i.tolist() == [-26, -25]  # [-2**-26, 0] in 1 bit; [0, 2**-26] in 1 bit
+    wide = ActivationQuantizer(f_init=19.0, overflow_mode='WRAP')
+    wide.build((None, 2))
+    wide.set_range(np.zeros(2, 'float32'), np.array([16.0, 15.0], 'float32'))
+    k, i, _ = wide.kif()
+    assert k.tolist() == [0, 0] and i.tolist() == [5, 4]  # 16 needs 5 integer bits, 15 needs 4

@@ -1016,3 +1016,24 @@ def test_tracked_integer_bits_are_exact_where_log2_is_off_by_ulps():
     wide.set_range(np.zeros(2, 'float32'), np.array([16.0, 15.0], 'float32'))
     k, i, _ = wide.kif()
     assert k.tolist() == [0, 0] and i.tolist() == [5, 4]  # 16 needs 5 integer bits, 15 needs 4
+
+
+def test_a_repeated_query_runs_op_by_op_once_then_as_one_graph_for_all_shapes():
+    """``_RepeatedQuery`` (kif, exact_bits): the first call eager, the second traced, later calls reuse a trace that
+    TensorFlow relaxes to any length after a second shape (``reduce_retracing``); other backends always run ``fn``."""
+    if keras.backend.backend() != 'tensorflow':
+        pytest.skip('compiled queries exist under TensorFlow only')
+    import tensorflow as tf
+
+    from hgq.quantizer import _RepeatedQuery
+
+    eager = []
+
+    def double(x):
+        eager.append(tf.executing_eagerly())
+        return x * 2.0
+
+    query = _RepeatedQuery(double)
+    for n in (1, 1, 1, 2, 3, 4):
+        assert query(tf.ones(n)).numpy().tolist() == [2.0] * n
+    assert eager == [True, False, False]  # eager, traced for length 1, traced once more for any length

@@ -1037,3 +1037,10 @@ def test_a_repeated_query_runs_op_by_op_once_then_as_one_graph_for_all_shapes():
     for n in (1, 1, 1, 2, 3, 4):
         assert query(tf.ones(n)).numpy().tolist() == [2.0] * n
     assert eager == [True, False, False]  # eager, traced for length 1, traced once more for any length
+
+
+def test_a_frozen_bitwidth_has_no_step_variable_and_quantizes_at_its_value():
+    q = ActivationQuantizer(f_init=2.0, overflow_mode='SAT', f_trainable=False)
+    q.build((None, 2))
+    assert [v.name for v in q.trainable_weights] == ['i', 'i_step']
+    assert q(np.array([[0.3, -0.6]], 'float32'), training=True).numpy().tolist() == [[0.25, -0.5]]

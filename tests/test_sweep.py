@@ -261,3 +261,18 @@ def test_killed_worker_and_failing_trials_leave_the_other_trials_intact(local_ra
     with pytest.raises(ValueError, match=r"holds a trial trained with other settings of \['training'\]"):
         sweep(config_file, ['seed=0,1', 'model.layers.2.units=10,7'], out, convert=False)
     assert json.loads((out / 'trials.json').read_text()) == results['trials']
+
+
+def test_all_epochs_reads_the_values_each_trial_front_was_ranked_by(tmp_path):
+    """A trial whose front ranked calibrated checkpoints plots its calibrated epochs; another, its logged epochs."""
+    from hgq.sweep.front import all_epochs
+
+    logged = {'val_accuracy': [0.5, 0.6], 'ebops': [900.0, 800.0]}
+    calibrated = {'calibrated_val_accuracy': [0.55, 0.65], 'calibrated_ebops': [400.0, 300.0]}
+    for name, is_calibrated in (('a', True), ('b', False)):
+        (tmp_path / name / 'pareto').mkdir(parents=True)
+        (tmp_path / name / 'history.json').write_text(json.dumps({**logged, **calibrated}))
+        index = {'metrics': ['val_accuracy', 'ebops'], 'sides': ['max', 'min'], 'points': []}
+        (tmp_path / name / 'pareto' / 'front.json').write_text(json.dumps({**index, 'calibrated': is_calibrated}))
+    epochs = all_epochs({'a': tmp_path / 'a', 'b': tmp_path / 'b'}, ('val_accuracy', 'ebops'))
+    assert epochs == {'val_accuracy': [0.55, 0.65, 0.5, 0.6], 'ebops': [400.0, 300.0, 900.0, 800.0]}

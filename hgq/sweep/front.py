@@ -87,11 +87,21 @@ def write_front(front: MergedFront, sweep_dir: Path) -> Path:
 
 
 def all_epochs(trial_dirs: Mapping[str, Path], keys: Sequence[str]) -> dict[str, list[float]]:
-    """The ``keys`` of every epoch of every trial's ``history.json``, concatenated (grey dots of the plot)."""
+    """The ``keys`` of every epoch of every trial's ``history.json``, concatenated (grey dots of the plot).
+
+    A trial whose front ranked calibrated checkpoints contributes its ``calibrated_<key>`` values, the values its
+    front was measured by, so that the dots and the front share one scale.
+    """
     epochs: dict[str, list[float]] = {key: [] for key in keys}
     for directory in trial_dirs.values():
         history = json.loads((Path(directory) / 'history.json').read_text())
-        if all(key in history for key in keys):
+        prefix = 'calibrated_' if _calibrated(Path(directory) / 'pareto') else ''
+        if all(prefix + key in history for key in keys):
             for key in keys:
-                epochs[key] += history[key]
+                epochs[key] += history[prefix + key]
     return epochs
+
+
+def _calibrated(front_dir: Path) -> bool:
+    index = front_dir / FRONT_INDEX
+    return index.is_file() and bool(json.loads(index.read_text()).get('calibrated', False))

@@ -725,6 +725,15 @@ def test_a_serialized_quantizer_is_rebuilt_as_it_was_saved():
         HDense(2, kernel_quantizer=serialize_quantizer(ActivationQuantizer()))
 
 
+def test_a_quantizer_instance_given_to_a_table_layer_is_used_as_is():
+    """``make_quantizer``: an instance is used as is, also where a table layer adds its defaults to dicts."""
+    table_input = ActivationQuantizer(granularity='tensor')
+    exp_input = ActivationQuantizer(granularity='tensor', overflow_mode='SAT')
+    assert HActivation('tanh', input_quantizer=table_input).input_quantizer is table_input
+    softmax = HSoftmax(input_quantizer=ActivationQuantizer(), exp_input_quantizer=exp_input)
+    assert softmax.exp_input_quantizer is exp_input
+
+
 def test_softmax_sum_and_inverse_quantizers_hold_one_element_per_slice():
     layer = HSoftmax()
     keras.Sequential([keras.Input((3, 7)), layer])

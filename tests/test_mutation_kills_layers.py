@@ -704,6 +704,20 @@ def test_a_lookup_table_of_exactly_max_table_size_is_what_the_layer_outputs():
     assert np.array_equal(np.asarray(layer(x), np.float64)[:, 0], layer.table())
 
 
+def test_a_pruned_table_input_reads_its_one_entry_computed_in_float64():
+    """A zero-width input has a table of one entry (``max_table_size=1`` suffices), evaluated in float64 like all
+    tables: ``0.375 - 2**-30`` rounds to 0.25 at ``f = 2``, while float32 would round it to the tie 0.375 (-> 0.5)."""
+    layer = HActivation(
+        lambda x: x + (0.375 - 2.0**-30),
+        max_table_size=1,
+        input_quantizer={'signed': False, 'i_init': 0.0, 'f_init': 0.0},
+        output_quantizer=_sat(2.0, 2.0),
+    )
+    keras.Sequential([keras.Input((1,)), layer])
+    assert layer.table_format() == (0, 0, 0) and np.array_equal(layer.table(), [0.25])
+    assert np.array_equal(np.asarray(layer(np.array([[0.0], [0.3], [-2.0]], 'float32'))), np.full((3, 1), 0.25))
+
+
 def test_global_pooling_shapes_keep_the_batch_axis():
     assert HGlobalAveragePooling2D().compute_output_shape((5, 2, 4, 3)) == (5, 3)
     assert HGlobalAveragePooling1D().compute_output_shape((5, 8, 3)) == (5, 3)
@@ -1001,6 +1015,8 @@ def test_merge_and_convolution_shape_checks():
     three = [keras.Input((2,)) for _ in range(3)]
     with pytest.raises(ValueError, match='expected 2 inputs, got 3'):
         HMultiply()(three)
+    with pytest.raises(ValueError, match='expected 2 inputs, got 3'):
+        HSubtract()(three)
     with pytest.raises(ValueError, match='all inputs must have the same rank'):
         HConcatenate()([keras.Input((2,)), keras.Input((2, 3))])
 

@@ -246,14 +246,19 @@ class HGQStreamQuantizer(Layer):
 class GuardedFuseFixedPointQuantizer(FuseFixedPointQuantizer):
     """hls4ml's quantizer fusion, except where it would not be bit-exact for our quantizers.
 
-    Not fused: quantizers whose every element has zero width (fusion would give the tensor a 1-bit type), and
+    Not fused: quantizers whose every element has zero width (fusion would give the tensor a 1-bit type),
     quantizers that would set the type of a tensor that already carries another quantizer's type (consecutive
-    quantizers, possibly through ``Reshape``/``Transpose``). They stay as explicit per-element casts.
+    quantizers, possibly through ``Reshape``/``Transpose``), and unsigned quantizers read by a padded max pooling
+    (:class:`SignedMaxPoolPadding` gives that tensor a sign bit, so a fused cast would wrap modulo twice the
+    quantizer's range and keep negative inputs). They stay as explicit per-element casts.
     """
 
     def match(self, node: Layer) -> bool:
         if _is_ours(node) and node.attributes.get('bit_exact_transformed', False):
             if np.all(np.asarray(node.mask_kbi[1]) <= 0) or _follows_quantizer(node):
+                return False
+            unsigned = not np.any(np.asarray(node.mask_kbi[0]))
+            if unsigned and any(_is_padded_max_pooling(reader) for reader in get_output_layers(node)):
                 return False
         return super().match(node)
 
@@ -359,6 +364,12 @@ class GuardedFuseQuantizerIntoDA(FuseQuantizerIntoDALayers):
         return not any('model_inp_q_' in str(n.get_attr('da_codegen', '')) for n in get_output_layers(node))
 
 
+def _is_padded_max_pooling(node: Layer) -> bool:
+    if not isinstance(node, (Pooling1D, Pooling2D)) or node.get_attr('pool_op') != 'Max':
+        return False
+    return any(node.get_attr(f'pad_{side}', 0) for side in ('top', 'bottom', 'left', 'right'))
+
+
 class SignedMaxPoolPadding(OptimizerPass):
     """Give the unsigned input of a padded max pooling a sign bit, so that hls4ml's padding value is the minimum.
 
@@ -366,13 +377,12 @@ class SignedMaxPoolPadding(OptimizerPass):
     """
 
     def match(self, node: Layer) -> bool:
-        if not isinstance(node, (Pooling1D, Pooling2D)) or node.get_attr('pool_op') != 'Max':
+        if not _is_padded_max_pooling(node):
             return False
         if not node.attributes.get('bit_exact_transformed', False) or not is_hgq_graph(node.model):
             return False
-        padded = any(node.get_attr(f'pad_{side}', 0) for side in ('top', 'bottom', 'left', 'right'))
         precision = node.get_input_variable().type.precision
-        return padded and not getattr(precision, 'signed', True)
+        return not getattr(precision, 'signed', True)
 
     def transform(self, model: Any, node: Layer) -> bool:
         precision = node.get_input_variable().type.precision

@@ -718,6 +718,15 @@ def test_a_pruned_table_input_reads_its_one_entry_computed_in_float64():
     assert np.array_equal(np.asarray(layer(np.array([[0.0], [0.3], [-2.0]], 'float32'))), np.full((3, 1), 0.25))
 
 
+def test_a_pruned_input_element_has_zero_bits_and_costs_no_ebops():
+    """``input_bits_exact`` is ``max(k + i + f, 0)``: a width of 0 (or below) is a pruned element, not a 1-bit one."""
+    layer = HDense(3, input_quantizer={'signed': False, 'i_init': 0.0, 'f_init': -2.0})
+    keras.Sequential([keras.Input((4,)), layer])
+    k, i, f = layer.input_quantizer.kif()
+    assert np.all(k + i + f <= 0)
+    assert np.array_equal(layer.input_bits_exact(), np.zeros(4)) and layer.exact_ebops() == 0.0
+
+
 def test_global_pooling_shapes_keep_the_batch_axis():
     assert HGlobalAveragePooling2D().compute_output_shape((5, 2, 4, 3)) == (5, 3)
     assert HGlobalAveragePooling1D().compute_output_shape((5, 8, 3)) == (5, 3)

@@ -3,6 +3,7 @@
 Each test states a documented rule with numbers worked out by hand from it; a mutant of the rule changes them.
 """
 
+import json
 import math
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from hgq.calibrate import calibrate as hgq_calibrate
 from hgq.callbacks import (
     BetaSchedule,
     BetaTarget,
@@ -495,6 +497,56 @@ def _config_of(quantizer, keys):
 
 
 KEYS = ('granularity', 'overflow_mode', 'i_init', 'f_init', 'signed')
+
+
+def _calibrated_setup(tmp_path, validation_weights=None):
+    """A compiled tiny classifier and a calibrated front on 40 random samples (validation: the last 20)."""
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(40, 4)).astype('float32'), rng.integers(0, 2, 40)
+    model = _tiny_model()
+    model.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=['accuracy'])
+    validation = (x[20:], y[20:]) if validation_weights is None else (x[20:], y[20:], validation_weights)
+    front = ParetoFront(tmp_path, calibration_data=x[:20], validation_data=validation)
+    front.set_model(model)
+    return model, front, x, y
+
+
+def test_a_calibrated_front_scores_with_the_validation_sample_weights(tmp_path):
+    """``validation_data=(x, y, sample_weight)``: the calibrated ``val_*`` metrics are weighted by the third item."""
+    weights = np.r_[np.ones(10), np.zeros(10)].astype('float32')
+    model, front, x, y = _calibrated_setup(tmp_path, weights)
+    logs = {}
+    front.on_epoch_end(0, logs)
+    hgq_calibrate(model, x[:20])
+    weighted = model.evaluate(x[20:], y[20:], sample_weight=weights, batch_size=1024, verbose=0, return_dict=True)
+    plain = model.evaluate(x[20:], y[20:], batch_size=1024, verbose=0, return_dict=True)
+    assert logs['calibrated_val_loss'] == weighted['loss'] != plain['loss']
+    with pytest.raises(ValueError, match=r'tuple \(x, y\) or \(x, y, sample_weight\)'):
+        ParetoFront(tmp_path, calibration_data=x, validation_data=(x, y, weights, weights))
+
+
+def test_a_calibrated_front_evaluates_silently_in_batches_of_1024(tmp_path, capfd):
+    """The calibration and evaluation passes print nothing (``verbose=0``); ``batch_size`` defaults to 1024."""
+    _, front, _, _ = _calibrated_setup(tmp_path)
+    assert front.batch_size == 1024 and ParetoFront(tmp_path / 'other', batch_size=64.0).batch_size == 64
+    capfd.readouterr()
+    front.on_epoch_end(0, {})
+    assert capfd.readouterr().out == '' and front.points
+
+
+def test_a_calibrated_front_is_not_resumed_as_a_plain_one_and_old_indexes_are_plain(tmp_path):
+    """front.json records ``calibrated``; an index without the key (written before the option) is a plain front."""
+    _, front, _, _ = _calibrated_setup(tmp_path / 'calibrated')
+    front.on_epoch_end(0, {})
+    with pytest.raises(ValueError, match='holds a front of calibrated checkpoints'):
+        ParetoFront(tmp_path / 'calibrated')
+    plain = _front_with_model(tmp_path / 'plain')
+    plain.on_epoch_end(0, {'val_accuracy': 0.5})
+    index = tmp_path / 'plain' / 'front.json'
+    content = json.loads(index.read_text())
+    assert content.pop('calibrated') is False
+    index.write_text(json.dumps(content))
+    assert len(ParetoFront(tmp_path / 'plain').points) == 1
 
 
 def test_layer_defaults_are_the_documented_ones():

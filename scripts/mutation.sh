@@ -73,6 +73,11 @@ source_paths = hgq
 only_mutate =$(config_list ${SOURCES[$module]})
 pytest_add_cli_args_test_selection =$(config_list "${tests[@]}")
 pytest_add_cli_args =$(config_list -n 0 -p no:cacheprovider -m 'not slow' -q)
+# each mutant forked from a server that imported the tests (collect) but ran no TensorFlow op: a child forked
+# after TensorFlow ran an op (mutmut's default forks from the process that ran the tests) waits forever on the
+# op thread pool it lacks, and is then counted as a timeout, i.e. caught
+process_isolation = forkserver
+forkserver_warmup = collect
 # generous: the machine is shared, and a mutant that only runs slowly must not count as caught
 timeout_multiplier = 40.0
 timeout_constant = 20.0

@@ -97,7 +97,25 @@ def dense_modes() -> keras.Model:
     h = HDense(4, input_quantizer={'round_mode': 'RND_ZERO'})(bn)
     h = HDense(4, input_quantizer={**TENSOR, 'round_mode': 'TRN'})(h)
     zero = HDense(2, input_quantizer={**TENSOR, 'f_init': -20.0, 'f_trainable': False}, name='zero_width_input')(h)
-    return keras.Model(inp, [h, bn, zero])
+    # fixed formats: a saturated -2 read by SAT_SYM (its bound is -2 + 2**-5), a signed TRN narrowing that carries
+    chain = HQuantize(input_quantizer=_frozen('SAT', 'TRN', 1, 3))(HQuantize(input_quantizer=ENTRY)(inp))
+    chain = HQuantize(input_quantizer=_frozen('SAT_SYM', 'RND', 1, 5))(chain)
+    chain = HDense(2, input_quantizer=_frozen('SAT', 'TRN', 2, 1))(
+        HQuantize(input_quantizer=_frozen('SAT', 'TRN', 2, 1))(chain)
+    )
+    return keras.Model(inp, [h, bn, zero, chain])
+
+
+def _frozen(overflow_mode: str, round_mode: str, i: int, f: int) -> dict:
+    """A per-tensor quantizer of fixed format (``randomize_bits`` leaves it alone)."""
+    return {
+        **TENSOR,
+        'overflow_mode': overflow_mode,
+        'round_mode': round_mode,
+        'i_init': float(i),
+        'f_init': float(f),
+        'f_trainable': False,
+    }
 
 
 def convolutions() -> keras.Model:

@@ -75,7 +75,10 @@ N_SAMPLES = 512
 CHANNEL = {'granularity': 'channel'}
 TENSOR = {'granularity': 'tensor'}
 ENTRY = {**TENSOR, 'round_mode': 'TRN'}  # fused into the input: the input's type is this quantizer's format
-MAX_KIF = (1, 126, 126)  # what a model output (or any layer of no rule) requests
+MAX_KIF = (1, 126, 126)
+RANGES = {
+    'unsigned_wrap': (0.0, 3.5)
+}  # WRAP ranges set after calibration: k = 0, i = 2  # what a model output (or any layer of no rule) requests
 
 KIF = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -103,7 +106,10 @@ def dense_modes() -> keras.Model:
     chain = HDense(2, input_quantizer=_frozen('SAT', 'TRN', 2, 1))(
         HQuantize(input_quantizer=_frozen('SAT', 'TRN', 2, 1))(chain)
     )
-    return keras.Model(inp, [h, bn, zero, chain])
+    # a signed tensor read only by an unsigned WRAP quantizer of one more integer bit (range set in RANGES)
+    signed = HQuantize(input_quantizer=_frozen('SAT', 'TRN', 1, 3))(HQuantize(input_quantizer=ENTRY)(inp))
+    unsigned = HQuantize(input_quantizer={**TENSOR, 'round_mode': 'TRN'}, name='unsigned_wrap')(signed)
+    return keras.Model(inp, [h, bn, zero, chain, HDense(2)(unsigned)])
 
 
 def _frozen(overflow_mode: str, round_mode: str, i: int, f: int) -> dict:
@@ -144,7 +150,7 @@ def merges() -> keras.Model:
     d = HDense(6, activation='relu')(a)
     s = HAdd(input_quantizer={'round_mode': 'TRN_ZERO'})([d, b, HDense(6)(c)])
     m = HMultiply(input_quantizer={'overflow_mode': 'SAT'})([s, b])
-    sub = HSubtract(input_quantizer=CHANNEL)([m, d])
+    sub = HSubtract(input_quantizer={**CHANNEL, 'round_mode': 'RND_INF'})([m, d])
     cat = HConcatenate()([sub, a, c])
     cat2 = HConcatenate(axis=1)([keras.layers.Reshape((2, 3))(sub), keras.layers.Reshape((2, 3))(m)])
     return keras.Model(inputs, [HDense(3)(cat), keras.layers.Flatten()(cat2)])
@@ -367,6 +373,9 @@ class Case:
         rng = np.random.default_rng(seed)
         x = [rng.normal(size=(N_SAMPLES, *t.shape[1:])).astype('float32') for t in self.model.inputs]
         hgq.calibrate(self.model, x)
+        for name, (vmin, vmax) in RANGES.items():
+            if name in [layer.name for layer in self.model.layers]:
+                self.model.get_layer(name).input_quantizer.set_range(vmin, vmax)
         # the calibration data, its double (WRAP ranges overflow) and wide values (SAT saturates everywhere)
         self.x = [np.concatenate([v, 2 * v, 8 * v[:64]]) for v in x]
         self.values = keras_values(self.model, self.x)

@@ -3,10 +3,11 @@ the messages of the errors."""
 
 import warnings
 
+import keras
 import numpy as np
 import pytest
 
-from hgq.fixed_point import fixed_type_string, float32_exact, minimal_kif
+from hgq.fixed_point import fixed_type_string, float32_exact, minimal_kif, quantize, quantize_tensor
 
 
 @pytest.mark.parametrize('axis', [None, 0])
@@ -62,3 +63,43 @@ def test_float32_exact_at_its_bounds(f):
     assert not float32_exact((2.0**24 + 1) * 2.0**-f, f).item()
     assert float32_exact(2.0**-102, 126).item()  # 2**24 steps of 2**-126
     assert not float32_exact(2.0**-103, 127).item()
+
+
+def _both_paths(x, k, i, f, round_mode, overflow_mode):
+    """``quantize`` (numpy, float64) and ``quantize_tensor`` (Keras, float32) of the same values."""
+    values = keras.ops.convert_to_tensor(np.asarray(x, 'float32'))
+    tensor = quantize_tensor(values, float(k), float(i), float(f), round_mode, overflow_mode)
+    return quantize(x, k, i, f, round_mode, overflow_mode), np.asarray(keras.ops.convert_to_numpy(tensor), np.float64)
+
+
+def test_sat_sym_saturates_a_signed_word_to_minus_its_largest_code():
+    """ap_fixed<3,3,AP_TRN,AP_SAT_SYM> holds -3..3 (SAT: -4..3); a 1-bit signed word saturates to -1 (0b1)."""
+    for result in _both_paths([-10.0, -4.0, 10.0], 1, 2, 0, 'TRN', 'SAT_SYM'):
+        assert np.array_equal(result, [-3.0, -3.0, 3.0])
+    for result in _both_paths([-10.0, -4.0, 10.0], 1, 2, 0, 'TRN', 'SAT'):
+        assert np.array_equal(result, [-4.0, -4.0, 3.0])
+    for result in _both_paths([-5.0, 5.0], 1, 0, 0, 'TRN', 'SAT_SYM'):
+        assert np.array_equal(result, [-1.0, 0.0])
+
+
+def test_wrap_sends_the_code_one_past_the_largest_to_the_smallest():
+    """ap_fixed<3,3> WRAP: 4 -> -4, -5 -> 3, 12 -> -4 (codes mod 8 in -4..3); ap_ufixed<3,3>: 8 -> 0, -1 -> 7."""
+    for result in _both_paths([4.0, 3.0, -4.0, -5.0, 12.0], 1, 2, 0, 'TRN', 'WRAP'):
+        assert np.array_equal(result, [-4.0, 3.0, -4.0, 3.0, -4.0])
+    for result in _both_paths([8.0, 7.0, -1.0, 0.0], 0, 3, 0, 'TRN', 'WRAP'):
+        assert np.array_equal(result, [0.0, 7.0, 7.0, 0.0])
+
+
+def test_round_fn_replaces_the_rounding_of_the_scaled_values():
+    """``quantize_tensor(..., round_fn=floor)`` truncates although the mode says RND: 0.75 * 2 = 1.5 -> 1 (RND: 2)."""
+    x = keras.ops.convert_to_tensor([0.75, -0.75])
+    rounded = keras.ops.convert_to_numpy(quantize_tensor(x, 1.0, 2.0, 1.0, 'RND', 'SAT'))
+    floored = keras.ops.convert_to_numpy(quantize_tensor(x, 1.0, 2.0, 1.0, 'RND', 'SAT', round_fn=keras.ops.floor))
+    assert rounded.tolist() == [1.0, -0.5] and floored.tolist() == [0.5, -1.0]
+
+
+def test_quantize_tensor_runs_inside_a_compiled_model():
+    """Every step of ``quantize_tensor`` is a Keras op: it traces into a graph (``predict``), numpy would not."""
+    x = np.array([[0.3, -1.7, 2.5, 9.0]], 'float32')
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: quantize_tensor(t, 1.0, 2.0, 1.0))])
+    assert np.array_equal(model.predict(x, verbose=0), quantize(x, 1, 2, 1).astype('float32'))

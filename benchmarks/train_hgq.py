@@ -19,7 +19,10 @@ count every multiplication, as the common counter and HGQ2's default do). Two wa
 
 Both end with :class:`hgq.callbacks.SettleBits`: the activation bitwidths are frozen for the last ``--settle``
 epochs (default: a fifth of the run, ``SETTLE_EPOCHS``), so that the weights adapt to the final formats; runs
-with another number are named ``..., settle N`` (``--settle 0``: no ``SettleBits``).
+with another number are named ``..., settle N`` (``--settle 0``: no ``SettleBits``); ``--settle-weights`` freezes
+the weight bitwidths too (``SettleBits(weights=True)``, setting ``..., weight bits settled``). ``--bits-lr-scale``
+sets the bit pace of every quantizer (``..., bit pace S``), ``--f-init`` the initial fractional bits of every
+activation quantizer (``..., f_init F``).
 Constant-``beta`` runs of ``--warmup-betas`` start with :class:`hgq.callbacks.BetaWarmup` (setting
 ``beta=B, warm-up N``): ``beta`` rises linearly from 0 over the first ``--warmup`` epochs (default
 ``WARMUP_EPOCHS``: a sixth of the run), so that no input or hidden unit is pruned before the weights have learnt
@@ -59,21 +62,28 @@ SETTLE_EPOCHS = {'digits': 12, 'digits_cosine': 12, 'fashion_mnist': 3, 'fashion
 WARMUP_EPOCHS = {'digits': 10, 'digits_cosine': 10, 'fashion_mnist': 3, 'fashion_mnist_cnn': None}
 
 
-def quantizer_options(bits_lr_scale: float | None, kernel: bool) -> dict:
-    """Quantizer arguments of one H-layer: every quantizer at the bit pace ``bits_lr_scale`` (``None``: defaults)."""
-    if bits_lr_scale is None:
-        return {}
+def quantizer_options(bits_lr_scale: float | None, kernel: bool, f_init: float | None = None) -> dict:
+    """Quantizer arguments of one H-layer: every quantizer at the bit pace ``bits_lr_scale``, activation
+    quantizers starting at ``f_init`` fractional bits (``None``: the package defaults)."""
     names = ('input_quantizer', 'kernel_quantizer', 'bias_quantizer') if kernel else ('input_quantizer',)
-    return {name: {'bits_lr_scale': bits_lr_scale} for name in names}
+    options: dict[str, dict] = {name: {} for name in names}
+    if bits_lr_scale is not None:
+        for name in names:
+            options[name]['bits_lr_scale'] = bits_lr_scale
+    if f_init is not None:
+        options['input_quantizer']['f_init'] = f_init
+    return {name: value for name, value in options.items() if value}
 
 
-def build(n_in: int, hidden: int, n_out: int, beta: float, bits_lr_scale: float | None = None) -> keras.Model:
+def build(
+    n_in: int, hidden: int, n_out: int, beta: float, bits_lr_scale: float | None = None, f_init: float | None = None
+) -> keras.Model:
     return keras.Sequential(
         [
             keras.Input((n_in,)),
-            HQuantize(beta=beta, **quantizer_options(bits_lr_scale, kernel=False)),
-            HDense(hidden, activation='relu', beta=beta, **quantizer_options(bits_lr_scale, kernel=True)),
-            HDense(n_out, beta=beta, **quantizer_options(bits_lr_scale, kernel=True)),
+            HQuantize(beta=beta, **quantizer_options(bits_lr_scale, False, f_init)),
+            HDense(hidden, activation='relu', beta=beta, **quantizer_options(bits_lr_scale, True, f_init)),
+            HDense(n_out, beta=beta, **quantizer_options(bits_lr_scale, True, f_init)),
         ]
     )
 
@@ -109,7 +119,8 @@ def make_model(settings: dict, data: dict[str, np.ndarray], beta: float | None) 
         return build_cnn(settings, n_classes, beta)
     if beta is None:
         return build_float(data['x_train'].shape[1], settings['hidden'], n_classes)
-    return build(data['x_train'].shape[1], settings['hidden'], n_classes, beta, settings.get('bits_lr_scale'))
+    pace, f_init = settings.get('bits_lr_scale'), settings.get('f_init')
+    return build(data['x_train'].shape[1], settings['hidden'], n_classes, beta, pace, f_init)
 
 
 def fit(model: keras.Model, data: dict[str, np.ndarray], settings: dict, callbacks: list | None = None) -> float:
@@ -211,18 +222,24 @@ def dump_model(model: keras.Model, data: dict[str, np.ndarray], stem: str, datas
 
 
 def pace_label(settings: dict) -> str:
-    """``', bit pace S'`` for a run at a bit pace set by ``--bits-lr-scale``, else ``''``."""
-    scale = settings.get('bits_lr_scale')
-    return '' if scale is None else f', bit pace {scale:g}'
+    """``', bit pace S'`` for a run at a bit pace set by ``--bits-lr-scale``, ``', f_init F'`` for initial
+    activation widths set by ``--f-init``, ``', weight bits settled'`` for ``--settle-weights``; ``''`` for the
+    defaults."""
+    scale, f_init = settings.get('bits_lr_scale'), settings.get('f_init')
+    label = ('' if scale is None else f', bit pace {scale:g}') + ('' if f_init is None else f', f_init {f_init:g}')
+    return label + (', weight bits settled' if settings.get('settle_weights') else '')
 
 
 def pace_stem(settings: dict) -> str:
-    scale = settings.get('bits_lr_scale')
-    return '' if scale is None else f'_pace{scale:g}'
+    scale, f_init = settings.get('bits_lr_scale'), settings.get('f_init')
+    stem = ('' if scale is None else f'_pace{scale:g}') + ('' if f_init is None else f'_finit{f_init:g}')
+    return stem + ('_settlew' if settings.get('settle_weights') else '')
 
 
-def settle_callbacks(settle: int) -> list:
-    return [hgq.callbacks.SettleBits(settle)] if settle else []
+def settle_callbacks(settle: int, settings: dict) -> list:
+    """``SettleBits`` for the last ``settle`` epochs (weight bitwidths too with ``--settle-weights``)."""
+    weights = bool(settings.get('settle_weights'))
+    return [hgq.callbacks.SettleBits(settle, weights=weights)] if settle else []
 
 
 def settle_tags(settle: int, settle_default: int | None) -> tuple[str, str]:
@@ -246,7 +263,7 @@ def run_hgq(
     seed_everything(seed)
     model = make_model(settings, data, beta)
     callbacks = [hgq.callbacks.BetaWarmup(warmup)] if warmup else []
-    train_s = fit(model, data, settings, callbacks=callbacks + settle_callbacks(settle))
+    train_s = fit(model, data, settings, callbacks=callbacks + settle_callbacks(settle, settings))
     settle_label, settle_stem = settle_tags(settle, settle_default)
     meta = {
         'config': f'beta={beta:g}' + (f', warm-up {warmup}' if warmup else '') + pace_label(settings) + settle_label,
@@ -292,7 +309,7 @@ def run_ramp(
             calibration_data=data['x_train'],
             validation_data=(data['x_train'], data['y_train']),
         )
-        train_s = fit(model, data, settings, callbacks=[schedule, *settle_callbacks(settle), front])
+        train_s = fit(model, data, settings, callbacks=[schedule, *settle_callbacks(settle, settings), front])
         points = hgq.callbacks.read_front(directory)
         for point in points:
             checkpoint = keras.models.load_model(point.path)
@@ -358,12 +375,24 @@ def main() -> None:
     parser.add_argument(
         '--bits-lr-scale', type=float, default=None, help='bit pace of every quantizer (default: the package default)'
     )
+    parser.add_argument(
+        '--f-init', type=float, default=None, help='initial fractional bits of every activation quantizer (f_init)'
+    )
+    parser.add_argument(
+        '--settle-weights', action='store_true', help='SettleBits also freezes the weight bitwidths (weights=True)'
+    )
     args = parser.parse_args()
     if args.bits_lr_scale is not None and not args.bits_lr_scale > 0:
         raise SystemExit(f'--bits-lr-scale: need a number > 0, got {args.bits_lr_scale}')
+    if args.f_init is not None and not 0 <= args.f_init <= 12:
+        raise SystemExit(f'--f-init: need 0 <= F_INIT <= 12 fractional bits, got {args.f_init}')
     settings, data = sweep_settings(args)
     if args.bits_lr_scale is not None:
         settings['bits_lr_scale'] = args.bits_lr_scale
+    if args.f_init is not None:
+        settings['f_init'] = args.f_init
+    if args.settle_weights:
+        settings['settle_weights'] = True
     settle_default = SETTLE_EPOCHS[args.dataset]
     settle_default = settings['epochs'] // 5 if settle_default is None else settle_default
     settle = settle_default if args.settle is None else args.settle

@@ -75,10 +75,10 @@ N_SAMPLES = 512
 CHANNEL = {'granularity': 'channel'}
 TENSOR = {'granularity': 'tensor'}
 ENTRY = {**TENSOR, 'round_mode': 'TRN'}  # fused into the input: the input's type is this quantizer's format
-MAX_KIF = (1, 126, 126)
-RANGES = {
-    'unsigned_wrap': (0.0, 3.5)
-}  # WRAP ranges set after calibration: k = 0, i = 2  # what a model output (or any layer of no rule) requests
+MAX_KIF = (1, 126, 126)  # what a model output (or any layer of no rule) requests
+SIGN_DEPENDENT = ('TRN_ZERO', 'RND_ZERO', 'RND_INF')  # roundings that wrapping first would change
+# WRAP ranges set after calibration: (k, i) = (0, 2) and, for the roundings by the sign, (1, 0)
+RANGES = {'unsigned_wrap': (0.0, 3.5), **{f'wrap_{mode.lower()}': (-1.0, 0.5) for mode in SIGN_DEPENDENT}}
 
 KIF = tuple[np.ndarray, np.ndarray, np.ndarray]
 
@@ -103,13 +103,18 @@ def dense_modes() -> keras.Model:
     # fixed formats: a saturated -2 read by SAT_SYM (its bound is -2 + 2**-5), a signed TRN narrowing that carries
     chain = HQuantize(input_quantizer=_frozen('SAT', 'TRN', 1, 3))(HQuantize(input_quantizer=ENTRY)(inp))
     chain = HQuantize(input_quantizer=_frozen('SAT_SYM', 'RND', 1, 5))(chain)
+    chain = HQuantize(input_quantizer=_frozen('SAT', 'TRN', 2, 6))(chain)  # fits: narrowed to the (1, 1, 5) it reads
     chain = HDense(2, input_quantizer=_frozen('SAT', 'TRN', 2, 1))(
         HQuantize(input_quantizer=_frozen('SAT', 'TRN', 2, 1))(chain)
     )
     # a signed tensor read only by an unsigned WRAP quantizer of one more integer bit (range set in RANGES)
     signed = HQuantize(input_quantizer=_frozen('SAT', 'TRN', 1, 3))(HQuantize(input_quantizer=ENTRY)(inp))
     unsigned = HQuantize(input_quantizer={**TENSOR, 'round_mode': 'TRN'}, name='unsigned_wrap')(signed)
-    return keras.Model(inp, [h, bn, zero, chain, HDense(2)(unsigned)])
+    # WRAP quantizers that round by the sign, each the only reader of a signed sum wider than its range (RANGES)
+    tail = h
+    for mode in SIGN_DEPENDENT:
+        tail = HDense(3, input_quantizer={'round_mode': mode}, name=f'wrap_{mode.lower()}')(HDense(3)(tail))
+    return keras.Model(inp, [h, bn, zero, chain, HDense(2)(unsigned), tail])
 
 
 def _frozen(overflow_mode: str, round_mode: str, i: int, f: int) -> dict:
@@ -288,7 +293,7 @@ def rule_request(node: Layer, narrowed: KIF) -> KIF:
     """What a quantizer requests from its input: its (narrowed) format, every integer bit unless it wraps with a
     rounding that does not depend on the sign, one more fractional bit for ``RND``, every one for other roundings."""
     k, i, f = (a.astype(np.int16).copy() for a in narrowed)
-    if node.SAT != 'WRAP' or node.RND in ('TRN_ZERO', 'RND_ZERO', 'RND_INF'):
+    if node.SAT != 'WRAP' or node.RND in SIGN_DEPENDENT:
         k[:], i[:] = 1, 126
     if node.RND == 'RND':
         f = f + 1

@@ -547,6 +547,8 @@ def test_a_calibrated_front_is_not_resumed_as_a_plain_one_and_old_indexes_are_pl
     assert content.pop('calibrated') is False
     index.write_text(json.dumps(content))
     assert len(ParetoFront(tmp_path / 'plain').points) == 1
+    with pytest.raises(ValueError, match='holds a front of uncalibrated checkpoints'):
+        ParetoFront(tmp_path / 'plain', calibration_data=np.zeros((1, 4)), validation_data=(np.zeros((1, 4)), [0]))
 
 
 def test_layer_defaults_are_the_documented_ones():

@@ -1,9 +1,10 @@
 """Run one step of the cross-backend test in a process of its own (the Keras backend is fixed at import).
 
 ``python tests/backend_worker.py train OUT.keras DATA.npz``: build, train (two epochs) and save an uncalibrated
-model. ``python tests/backend_worker.py inspect DATA.npz OUT_DIR MODEL.keras ...``: load each model, predict,
-calibrate, predict again (also on overflowing inputs), write its hls4ml project and save every number the hardware
-depends on to ``OUT_DIR/<model>.npz``. Used by tests/test_backends.py with ``KERAS_BACKEND`` set per process.
+model, and its predictions before saving to ``OUT.npy``. ``python tests/backend_worker.py inspect DATA.npz OUT_DIR
+MODEL.keras ...``: load each model, predict, calibrate, predict again (also on overflowing inputs), write its hls4ml
+project and save every number the hardware depends on to ``OUT_DIR/<model>.npz``. Used by tests/test_backends.py
+with ``KERAS_BACKEND`` set per process.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def train(out: Path, data: Path) -> None:
     model = build_model()
     model.compile(keras.optimizers.Adam(0.01), 'categorical_crossentropy')
     model.fit(arrays['x'], arrays['y'], epochs=2, batch_size=32, verbose=0)
+    np.save(out.with_suffix('.npy'), model.predict(arrays['x'], verbose=0))
     model.save(out)
 
 

@@ -116,7 +116,7 @@ def test_run_checkpoints_are_traced_once(tmp_path: Path, traces):
     model.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=['accuracy'])
     (tmp_path / 'pareto').mkdir()
     points = []
-    for epoch in range(1, 6):
+    for epoch in range(1, 4):
         model.fit(data.x_train, data.y_train, epochs=1, batch_size=64, verbose=0)
         path = tmp_path / 'pareto' / f'epoch{epoch}.keras'
         model.save(path)
@@ -126,7 +126,7 @@ def test_run_checkpoints_are_traced_once(tmp_path: Path, traces):
         results = process_points(points, data, tmp_path, config, convert=False)
     assert retraced == []
     assert traces['n'] == 2 * 2  # two HDense layers, each traced once to calibrate and once to predict
-    assert [r['epoch'] for r in results] == [1, 2, 3, 4, 5]
+    assert [r['epoch'] for r in results] == [1, 2, 3]
     for point, result in zip(points, results, strict=True):  # each checkpoint's own weights, calibrated
         alone = keras.models.load_model(point.path)
         assert result['ebops'] == hgq.calibrate(alone, data.x_train)

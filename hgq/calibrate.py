@@ -41,12 +41,12 @@ def _as_inputs(model: keras.Model, data: Any) -> list[np.ndarray]:
     """``data`` as a list of float32 arrays (one per model input), checked before any work."""
     arrays = list(data) if isinstance(data, list | tuple) else [data]
     try:
-        n_inputs = len(model.inputs)
+        shapes = [tuple(x.shape[1:]) for x in model.inputs]
     except (AttributeError, TypeError, ValueError):  # subclassed models have no symbolic inputs
-        n_inputs = None
-    if n_inputs is not None and len(arrays) != n_inputs:
+        shapes = None
+    if shapes is not None and len(arrays) != len(shapes):
         raise CalibrationError(
-            f'model {model.name!r} has {n_inputs} inputs; the calibration data hold {len(arrays)} arrays'
+            f'model {model.name!r} has {len(shapes)} inputs; the calibration data hold {len(arrays)} arrays'
         )
     checked = []
     for n, array in enumerate(arrays):
@@ -57,6 +57,10 @@ def _as_inputs(model: keras.Model, data: Any) -> list[np.ndarray]:
             raise CalibrationError(f'{where}: expected a numeric array, got {type(array).__name__} ({err})') from None
         if array.ndim == 0 or len(array) == 0:
             raise CalibrationError(f'{where}: expected a non-empty array of samples, got shape {array.shape}')
+        if shapes is not None and not _fits(array.shape[1:], shapes[n]):
+            raise CalibrationError(
+                f'{where}: expected samples of shape {shapes[n]} (model {model.name!r}), got {array.shape[1:]}'
+            )
         if not np.all(np.isfinite(array)):
             raise CalibrationError(f'{where}: holds {int(np.sum(~np.isfinite(array)))} NaN or infinite values')
         checked.append(array)
@@ -64,6 +68,11 @@ def _as_inputs(model: keras.Model, data: Any) -> list[np.ndarray]:
         sizes = [len(a) for a in checked]
         raise CalibrationError(f'calibration data: the arrays hold different numbers of samples {sizes}')
     return checked
+
+
+def _fits(shape: tuple[int, ...], expected: tuple[int | None, ...]) -> bool:
+    """``shape`` matches ``expected``, whose ``None`` dimensions take any size."""
+    return len(shape) == len(expected) and all(e is None or e == s for s, e in zip(shape, expected, strict=True))
 
 
 def _batches(arrays: list[np.ndarray], batch_size: int) -> Iterator[list[np.ndarray]]:

@@ -107,6 +107,8 @@ def _state(model):
         (np.full((8, 4), np.nan, 'float32'), 'NaN or infinite'),
         (X * 1e7, r'beyond \+-2\*\*19'),
         ([X, X], 'has 1 inputs'),
+        (X[:, :3], r'calibration data: expected samples of shape \(4,\) \(model .*\), got \(3,\)'),
+        (X[:, :, None], r'expected samples of shape \(4,\) \(model .*\), got \(4, 1\)'),
     ],
 )
 def test_failed_calibration_leaves_the_model_as_it_was(data, message):

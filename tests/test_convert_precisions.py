@@ -533,3 +533,21 @@ def test_the_models_reach_every_rule(case: Case) -> None:
         if source is not None:
             changed += int(not np.array_equal(source, case.values[node.name]))
     assert changed >= 2
+
+
+def test_a_plain_keras_model_keeps_hls4ml_types(tmp_path: Path) -> None:
+    """Our passes leave a model without H-layers alone: a padded max pooling of a plain model keeps the default
+    precision on its input (the signed-padding pass acts on graphs from H-layers only)."""
+    import hls4ml
+
+    model = keras.Sequential(
+        [keras.Input((7, 7, 1)), keras.layers.Conv2D(2, 3), keras.layers.MaxPooling2D(2, padding='same')]
+    )
+    config = {'Model': {'Precision': 'fixed<16,6>', 'ReuseFactor': 1}}
+    graph = hls4ml.converters.convert_from_keras_model(
+        model, output_dir=str(tmp_path), backend='Vitis', io_type='io_parallel', hls_config=config
+    )
+    pooling = next(n for n in graph.graph.values() if isinstance(n, Pooling2D))
+    assert pooling.get_attr('pad_bottom') or pooling.get_attr('pad_right')  # 5 x 5 in windows of 2: padded
+    precision = pooling.get_input_variable().type.precision
+    assert (precision.signed, precision.width, precision.integer) == (True, 16, 6)

@@ -1084,6 +1084,28 @@ def test_merge_and_convolution_shape_checks():
         HConcatenate()([keras.Input((2,)), keras.Input((2, 3))])
 
 
+def test_a_batchnorm_training_loss_is_beta_times_its_ebops():
+    """Frozen (``trainable=False``), it normalizes with its moving statistics while training, so the loss it adds
+    is ``beta * ebops()`` exactly (EBOPs above 1, so a quotient cannot pass)."""
+    quiet = {'bits_decay': 0.0}
+    norm = HBatchNormalization(beta=0.5, input_quantizer=quiet, scale_quantizer=quiet, offset_quantizer=quiet)
+    keras.Sequential([keras.Input((3,)), norm])
+    norm.trainable = False
+    norm(np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -3.0]], 'float32'), training=True)
+    ebops_now = float(norm.ebops())
+    assert ebops_now > 1.0 and [float(loss) for loss in norm.losses] == pytest.approx([0.5 * ebops_now], rel=1e-6)
+
+
+def test_a_merge_layer_called_directly_wants_a_list_of_one_input_per_quantizer():
+    layer = HAdd()
+    layer.build([(None, 4), (None, 4)])
+    x = keras.ops.ones((2, 4))
+    with pytest.raises(ValueError, match='expected a list of 2 inputs'):
+        layer([x, x, x])
+    with pytest.raises(ValueError, match='expected a list of 2 inputs'):
+        layer(x)  # one tensor of batch 2 is not two inputs
+
+
 def test_batchnorm_prices_its_input_in_its_ebops_not_again_in_bits_cost():
     norm = HBatchNormalization()
     keras.Sequential([keras.Input((3,)), norm])

@@ -412,12 +412,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope='module', params=list(CASES))
-def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Case:
-    build, seed, settings = CASES[request.param]
-    return Case(build, seed, tmp_path_factory.mktemp(request.param), **settings)
-
-
 def _precision(node: Layer) -> Any:
     return node.get_output_variable().type.precision
 
@@ -433,7 +427,7 @@ def _quantizer_output(node: Layer, values: np.ndarray) -> np.ndarray:
     return quantize(values, k, i - k, b - i, node.RND, node.SAT)
 
 
-# -- tests -------------------------------------------------------------------------------------------------------------
+# -- checks ------------------------------------------------------------------------------------------------------------
 
 
 def _recomputed(node: Layer, inputs: list[np.ndarray]) -> np.ndarray | None:
@@ -452,7 +446,7 @@ def _recomputed(node: Layer, inputs: list[np.ndarray]) -> np.ndarray | None:
     return None
 
 
-def test_every_tensor_holds_what_keras_computes(case: Case) -> None:
+def check_values(case: Case) -> None:
     """Each tensor, cast into its type, holds what Keras computes wherever anything but a quantizer, relu, reshape or
     concatenation reads it, and at the model outputs; each quantizer computes what Keras computes from what its
     input holds (a type may drop the integer bits a WRAP quantizer wraps away and the fractional bits no reader
@@ -498,7 +492,7 @@ def expected_type(case: Case, node: Layer) -> tuple[int, int, int]:
     return k, integer, f
 
 
-def test_every_type_is_the_one_the_rules_give(case: Case) -> None:
+def check_types(case: Case) -> None:
     """Sign, integer and fractional bits of every tensor equal ``min(produced, requested)`` by the rules (the
     quantizer format where one was fused into the layer), neither narrower nor wider."""
     for node in case.graph.graph.values():
@@ -508,7 +502,7 @@ def test_every_type_is_the_one_the_rules_give(case: Case) -> None:
         assert found == expected, f'{node.name} ({precision}): (k, I, f) {found}, by the rules {expected}'
 
 
-def test_quantizer_masks_are_the_rules_narrowing(case: Case) -> None:
+def check_masks(case: Case) -> None:
     """The per-element formats our explicit quantizers cast to: the exported ones, narrowed only where no input
     value can overflow them."""
     quantizers = [n for n in case.graph.graph.values() if isinstance(n, hb.HGQFixedPointQuantizer)]
@@ -522,7 +516,7 @@ def test_quantizer_masks_are_the_rules_narrowing(case: Case) -> None:
             assert np.array_equal(found, want), f'{node.name}: {what} {found.ravel()}, by the rules {want.ravel()}'
 
 
-def test_the_models_reach_every_rule(case: Case) -> None:
+def check_reach(case: Case) -> None:
     """The inputs overflow WRAP and saturate SAT quantizers, and both narrowed and kept formats occur."""
     quantizers = [n for n in case.raw.graph.values() if isinstance(n, hb.HGQFixedPointQuantizer)]
     narrowed = [np.any(np.not_equal(case.rules.narrowed[n.name], exported_kif(n))) for n in quantizers]
@@ -533,6 +527,21 @@ def test_the_models_reach_every_rule(case: Case) -> None:
         if source is not None:
             changed += int(not np.array_equal(source, case.values[node.name]))
     assert changed >= 2
+
+
+# -- tests -------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', list(CASES))
+def test_every_precision_of_a_converted_model(name: str, tmp_path: Path) -> None:
+    """Types by the rules, quantizer masks, values; one test per model (not one per check on a shared fixture), so
+    that a mutation run, which picks the tests that run a mutated line, picks the checks with the conversion."""
+    build, seed, settings = CASES[name]
+    case = Case(build, seed, tmp_path, **settings)
+    check_reach(case)
+    check_types(case)
+    check_masks(case)
+    check_values(case)
 
 
 def test_a_plain_keras_model_keeps_hls4ml_types(tmp_path: Path) -> None:

@@ -431,19 +431,20 @@ class _MutatedModule(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(compile(self.source, str(self.path), 'exec'), module.__dict__)
 
 
-def _run_child(mutant: Mutant, tests: list[str], log_path: Path) -> None:
-    """In the forked child: install the mutated module, run the tests, exit with pytest's status."""
+def _run_child(mutant: Mutant | None, tests: list[str], log_path: Path) -> None:
+    """In the forked child: install the mutated module (none: the tree as it is), run the tests, exit with pytest's
+    status."""
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     try:
-        name = mutant.file[:-3].replace('/', '.')
-        source = mutated_source(mutant)
-        sys.meta_path.insert(0, _MutatedModule(name, REPO_TREE / mutant.file, source))
+        name = mutant.file[:-3].replace('/', '.') if mutant else ''
+        if mutant:
+            sys.meta_path.insert(0, _MutatedModule(name, REPO_TREE / mutant.file, mutated_source(mutant)))
         import pytest
 
         code = int(pytest.main([*PYTEST_ARGS, *tests]))
-        if code == 4:  # no test collected: the mutated module may fail to import (a type alias at import time)
+        if code == 4 and mutant:  # no test collected: the mutated module may fail to import (a type alias at import)
             try:
                 importlib.import_module(name)
             except Exception as err:  # noqa: BLE001 - any import failure kills the mutant
@@ -464,6 +465,32 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def _unmutated_seconds(files: list[str], logs: Path) -> dict[str, float]:
+    """CPU seconds of each whole test file on the unmutated tree, run as a mutant's child runs it.
+
+    The time limit of a mutant counts them, so that a mutant surviving its covering tests is not stopped inside
+    these files and recorded as caught. A file failing here is an error: it would mark every mutant killed.
+    """
+    seconds = {}
+    for file in files:
+        log_path = logs / f'unmutated-{Path(file).stem}.log'
+        pid = os.fork()
+        if pid == 0:
+            _run_child(None, [file], log_path)
+        used = 0.0
+        while True:
+            used = _cpu_seconds(pid) or used
+            finished, status = os.waitpid(pid, os.WNOHANG)
+            if finished:
+                break
+            time.sleep(0.2)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f'{file} fails on the unmutated tree ({log_path}): it would kill every mutant')
+        seconds[file] = used
+        print(f'{file}: {used:.1f} CPU s on the unmutated tree', flush=True)
+    return seconds
 
 
 def _verdict(code: int | None) -> str:
@@ -546,6 +573,7 @@ def run_module(
     if shuffle is not None:  # a run stopped early has then judged a uniform sample of the mutants
         random.Random(shuffle).shuffle(queue)
     print(f'[{module}] {len(queue)} mutants to judge ({len(done)} judged before)', flush=True)
+    also_seconds = _unmutated_seconds(also, logs) if also and queue else {}
     running: dict[int, tuple[Mutant, float, float, str, int]] = {}
     judged = 0
 
@@ -580,7 +608,7 @@ def run_module(
             if not tests:
                 record(mutant, 'uncovered', 0.0, how, 0)
                 continue
-            limit = 30.0 + 4.0 * sum(cov['durations'].get(t, 5.0) for t in tests)
+            limit = 30.0 + 4.0 * sum(cov['durations'].get(t, also_seconds.get(t, 5.0)) for t in tests)
             log_path = logs / f'{mutant.index}.log'
             pid = os.fork()
             if pid == 0:
